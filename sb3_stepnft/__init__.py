@@ -1,0 +1,7 @@
+"""sb3-stepnft: online RL fine-tuning of flow-matching policies (π-StepNFT) for Stable-Baselines3."""
+
+from sb3_stepnft.stepnft import StepNFT
+
+__version__ = "0.1.0"
+
+__all__ = ["StepNFT", "__version__"]

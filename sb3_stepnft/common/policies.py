@@ -1,0 +1,257 @@
+"""Flow-matching policies: an SB3 ``BasePolicy`` whose action head is a velocity field.
+
+The policy acts (:meth:`FlowPolicy.encode`, :meth:`FlowPolicy.velocity`, :meth:`FlowPolicy.sample`); the
+algorithms decide which solver steps are stochastic and what to store. Actions live in [-1, 1] per Box
+dimension inside the flow ("normalised"); :meth:`FlowPolicy._predict` returns env units.
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+    create_mlp,
+)
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sb3_stepnft.common.flow import FlowChain, sample_chain
+
+DEFAULT_OPTIMIZER_KWARGS = dict(betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)  # ALGORITHM.md §3.7
+
+
+def chunk_shape(action_space: spaces.Box) -> tuple[int, int]:
+    """``(H, A)`` of a Box action space: Box(A) is a chunk of one row, Box(H, A) a chunk of H rows."""
+    if not isinstance(action_space, spaces.Box):
+        raise TypeError(f"Flow policies need a Box action space, got {action_space}")
+    if len(action_space.shape) == 1:
+        return 1, int(action_space.shape[0])
+    if len(action_space.shape) == 2:
+        return int(action_space.shape[0]), int(action_space.shape[1])
+    raise ValueError(
+        f"Flow policies support Box(A) or Box(H, A) action spaces, got shape {action_space.shape}. "
+        "Flatten the extra dimensions with a gymnasium wrapper."
+    )
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Fixed sinusoidal features of the flow time t in [0, 1]."""
+
+    def __init__(self, dim: int, max_period: float = 100.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"time_embed_dim must be an even integer >= 2, got {dim}")
+        freqs = th.exp(-math.log(max_period) * th.arange(dim // 2, dtype=th.float32) / (dim // 2))
+        self.register_buffer("freqs", freqs * 2 * math.pi, persistent=False)
+
+    def forward(self, t: th.Tensor) -> th.Tensor:
+        angles = t.float()[:, None] * self.freqs[None]
+        return th.cat([th.sin(angles), th.cos(angles)], dim=-1)
+
+
+class FlowPolicy(BasePolicy):
+    """Base of the flow policies: SB3 features extractor + MLP velocity field ``v(x_t, t, features)``.
+
+    :param observation_space: Observation space.
+    :param action_space: Box(A) or Box(H, A) action space with finite bounds.
+    :param lr_schedule: Learning rate schedule (the optimizer starts at ``lr_schedule(1)``).
+    :param net_arch: Hidden sizes of the velocity network (a list), or ``dict(pi=[...], vf=[...])``
+        (``vf`` is used by algorithms with a value head). Default ``[256, 256]``.
+    :param activation_fn: Activation of the velocity network.
+    :param num_denoise_steps: K, the number of solver steps used by ``predict``.
+    :param time_embed_dim: Size of the sinusoidal time embedding.
+    :param chunk_size: Rows the velocity network outputs (>= the executed rows H of the action space;
+        None: H).
+    :param action_dim: Action dims the velocity network outputs (>= the env's A, extra dims are padding;
+        None: A).
+    :param features_extractor_class: SB3 features extractor class.
+    :param features_extractor_kwargs: Its keyword arguments.
+    :param normalize_images: Divide image observations by 255.
+    :param optimizer_class: Optimizer class (default AdamW).
+    :param optimizer_kwargs: Its keyword arguments, excluding the learning rate
+        (default ``betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01``).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.SiLU,
+        num_denoise_steps: int = 4,
+        time_embed_dim: int = 32,
+        chunk_size: int | None = None,
+        action_dim: int | None = None,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.AdamW,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ):
+        if optimizer_kwargs is None:
+            optimizer_kwargs = dict(DEFAULT_OPTIMIZER_KWARGS) if optimizer_class is th.optim.AdamW else {}
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images=normalize_images,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            squash_output=False,
+        )
+        self.executed_rows, self.real_action_dim = chunk_shape(action_space)
+        self.chunk_size = chunk_size or self.executed_rows
+        self.action_dim = action_dim or self.real_action_dim
+        if self.chunk_size < self.executed_rows or self.action_dim < self.real_action_dim:
+            raise ValueError(
+                f"chunk_size={self.chunk_size} and action_dim={self.action_dim} must be at least the action space's "
+                f"(H, A) = ({self.executed_rows}, {self.real_action_dim})"
+            )
+        if int(num_denoise_steps) != num_denoise_steps or num_denoise_steps < 1:
+            raise ValueError(f"num_denoise_steps must be a positive integer, got {num_denoise_steps}")
+        self.num_denoise_steps = int(num_denoise_steps)
+        self.time_embed_dim = time_embed_dim
+        self.net_arch = [256, 256] if net_arch is None else net_arch
+        self.activation_fn = activation_fn
+
+        low = th.as_tensor(np.broadcast_to(action_space.low, action_space.shape).copy(), dtype=th.float32)
+        high = th.as_tensor(np.broadcast_to(action_space.high, action_space.shape).copy(), dtype=th.float32)
+        self.register_buffer("_action_low", low.reshape(self.executed_rows, self.real_action_dim), persistent=False)
+        self.register_buffer("_action_high", high.reshape(self.executed_rows, self.real_action_dim), persistent=False)
+
+        self.features_extractor = self.make_features_extractor()
+        self.features_dim = self.features_extractor.features_dim
+        self._build(lr_schedule)
+
+    # ----------------------------------------------------------------------------------------------------- build
+    @property
+    def pi_arch(self) -> list[int]:
+        return list(self.net_arch["pi"]) if isinstance(self.net_arch, dict) else list(self.net_arch)
+
+    @property
+    def vf_arch(self) -> list[int]:
+        return list(self.net_arch.get("vf", [64, 64])) if isinstance(self.net_arch, dict) else [64, 64]
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self.time_embedding = SinusoidalTimeEmbedding(self.time_embed_dim)
+        flat_action = self.chunk_size * self.action_dim
+        in_dim = self.features_dim + flat_action + self.time_embed_dim
+        self.velocity_net = nn.Sequential(*create_mlp(in_dim, flat_action, self.pi_arch, self.activation_fn))
+        self._build_extra_heads()
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _build_extra_heads(self) -> None:
+        """Hook for algorithms that add heads (e.g. a value head) before the optimizer is created."""
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                activation_fn=self.activation_fn,
+                num_denoise_steps=self.num_denoise_steps,
+                time_embed_dim=self.time_embed_dim,
+                chunk_size=self.chunk_size,
+                action_dim=self.action_dim,
+                features_extractor_class=self.features_extractor_class,
+                features_extractor_kwargs=self.features_extractor_kwargs,
+                optimizer_class=self.optimizer_class,
+                optimizer_kwargs=self.optimizer_kwargs,
+                lr_schedule=self._dummy_schedule,
+            )
+        )
+        return data
+
+    # ------------------------------------------------------------------------------------------ flow interface
+    @property
+    def encoder_is_frozen(self) -> bool:
+        """Whether ``encode`` has no trainable parameter (its output may then be cached for the update)."""
+        return not any(p.requires_grad for p in self.features_extractor.parameters())
+
+    def encode(self, obs: PyTorchObs) -> th.Tensor:
+        """Observation features, computed once per observation and reused for all K solver steps."""
+        return self.extract_features(obs, self.features_extractor)
+
+    def velocity(self, x_t: th.Tensor, t: th.Tensor, features: th.Tensor) -> th.Tensor:
+        """One pass of the velocity network: ``(B, chunk_size, action_dim)`` from ``x_t`` of that shape and ``t`` (B,)."""
+        batch = x_t.shape[0]
+        inputs = th.cat([features.float(), x_t.reshape(batch, -1).float(), self.time_embedding(t)], dim=-1)
+        return self.velocity_net(inputs).reshape(batch, self.chunk_size, self.action_dim)
+
+    def initial_noise(self, batch_size: int, deterministic: bool = False) -> th.Tensor:
+        """x_0: zeros when deterministic, else ``N(0, I)`` from torch's global generator (seeded by SB3)."""
+        shape = (batch_size, self.chunk_size, self.action_dim)
+        if deterministic:
+            return th.zeros(shape, device=self.device)
+        return th.randn(shape, device=self.device)
+
+    def sample(
+        self,
+        features: th.Tensor,
+        sampler: str = "ode",
+        noise_level: float = 0.0,
+        stochastic_step: int | None = None,
+        deterministic: bool = False,
+        num_denoise_steps: int | None = None,
+    ) -> FlowChain:
+        """Sample a whole chain for a batch of encoded observations (see :func:`sample_chain`)."""
+        x_0 = self.initial_noise(features.shape[0], deterministic)
+        return sample_chain(
+            lambda x_t, t: self.velocity(x_t, t, features),
+            x_0,
+            num_denoise_steps or self.num_denoise_steps,
+            sampler=sampler,
+            noise_level=noise_level,
+            stochastic_step=stochastic_step,
+        )
+
+    # ------------------------------------------------------------------------------------ action conversion
+    def executed(self, chunk: th.Tensor) -> th.Tensor:
+        """The executed rows and real dims of a ``(B, chunk_size, action_dim)`` chunk."""
+        return chunk[:, : self.executed_rows, : self.real_action_dim]
+
+    def to_env_units(self, normalised: th.Tensor) -> th.Tensor:
+        """[-1, 1] → Box bounds, shaped like the action space (``(B, A)`` or ``(B, H, A)``)."""
+        actions = self._action_low + 0.5 * (self.executed(normalised) + 1.0) * (self._action_high - self._action_low)
+        return actions.reshape((-1, *self.action_space.shape))
+
+    def to_normalised(self, actions: th.Tensor) -> th.Tensor:
+        """Box bounds → [-1, 1], as ``(B, H, A)`` rows."""
+        actions = actions.reshape(-1, self.executed_rows, self.real_action_dim).float()
+        return 2.0 * (actions - self._action_low) / (self._action_high - self._action_low) - 1.0
+
+    # ------------------------------------------------------------------------------------------- SB3 acting
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        """Student policy, Euler ODE from x_0 = 0 (deterministic) or x_0 ~ N(0, I) (ALGORITHM.md §1)."""
+        chain = self.sample(self.encode(observation), sampler="ode", deterministic=deterministic)
+        return self.to_env_units(chain.sample)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+
+class MlpFlowPolicy(FlowPolicy):
+    """Flow policy for vector observations (alias ``"MlpPolicy"``). See :class:`FlowPolicy`."""
+
+
+class CnnFlowPolicy(FlowPolicy):
+    """Flow policy for image observations with SB3's NatureCNN (alias ``"CnnPolicy"``). See :class:`FlowPolicy`."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputFlowPolicy(FlowPolicy):
+    """Flow policy for Dict observations with SB3's CombinedExtractor (alias ``"MultiInputPolicy"``)."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

@@ -1,0 +1,11 @@
+"""Environments and env factories. Simulator adapters (ManiSkill, LIBERO) are imported lazily."""
+
+import gymnasium as gym
+
+from sb3_stepnft.envs.point_reach import PointReachEnv, collect_demonstrations
+
+POINT_REACH_ID = "sb3_stepnft/PointReach-v0"
+if POINT_REACH_ID not in gym.registry:
+    gym.register(id=POINT_REACH_ID, entry_point="sb3_stepnft.envs.point_reach:PointReachEnv")
+
+__all__ = ["PointReachEnv", "collect_demonstrations", "POINT_REACH_ID"]

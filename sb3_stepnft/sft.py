@@ -1,0 +1,229 @@
+"""Demonstrations and flow-matching pretraining (SFT) of flow policies (ALGORITHM.md §1)."""
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import obs_as_tensor
+
+from sb3_stepnft.common.flow import flow_matching_interpolate, sample_flow_times
+from sb3_stepnft.common.policies import FlowPolicy
+
+_OBS_PREFIX = "observations/"
+
+
+@dataclass
+class Demonstrations:
+    """Demonstrated episodes, one row per underlying env step.
+
+    :param observations: ``(N, *obs_shape)`` array, or a dict of such arrays for Dict observation spaces.
+    :param actions: ``(N, A)`` actions in env units (or ``(N, *action_space.shape)`` to use chunks as they are).
+    :param episode_starts: ``(N,)`` bool-like, True at the first step of each episode (the first row always counts).
+    """
+
+    observations: np.ndarray | dict[str, np.ndarray]
+    actions: np.ndarray
+    episode_starts: np.ndarray
+
+    def __post_init__(self):
+        self.actions = np.asarray(self.actions, dtype=np.float32)
+        self.episode_starts = np.asarray(self.episode_starts).astype(bool).reshape(-1)
+        if isinstance(self.observations, dict):
+            self.observations = {key: np.asarray(value) for key, value in self.observations.items()}
+            lengths = {len(value) for value in self.observations.values()}
+        else:
+            self.observations = np.asarray(self.observations)
+            lengths = {len(self.observations)}
+        lengths |= {len(self.actions), len(self.episode_starts)}
+        if len(lengths) != 1:
+            raise ValueError(f"observations, actions and episode_starts must have the same length, got {sorted(lengths)}")
+        if len(self.actions) == 0:
+            raise ValueError("Demonstrations are empty")
+        if not np.all(np.isfinite(self.actions)):
+            raise ValueError("Demonstration actions contain NaN or inf")
+        if len(self.episode_starts):
+            self.episode_starts[0] = True
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.episode_starts.sum())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as ``.npz`` (written to a temporary file first, so a failed save leaves no partial file)."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        arrays: dict[str, np.ndarray] = {"actions": self.actions, "episode_starts": self.episode_starts}
+        if isinstance(self.observations, dict):
+            arrays.update({_OBS_PREFIX + key: value for key, value in self.observations.items()})
+        else:
+            arrays["observations"] = self.observations
+        tmp = path + ".tmp.npz"
+        try:
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Demonstrations":
+        """Load demonstrations saved by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                files = set(data.files)
+                if not {"actions", "episode_starts"} <= files:
+                    raise ValueError(f"{path} is not a Demonstrations file (arrays: {sorted(files)})")
+                if "observations" in files:
+                    observations: Any = data["observations"]
+                else:
+                    observations = {k[len(_OBS_PREFIX) :]: data[k] for k in files if k.startswith(_OBS_PREFIX)}
+                return cls(observations, data["actions"], data["episode_starts"])
+        except (OSError, EOFError) as error:
+            raise ValueError(f"Cannot read demonstrations from {path}: {error}") from error
+
+
+def build_chunks(demos: Demonstrations, rows: int, action_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks of ``rows`` consecutive actions inside each episode, and the mask of rows before the episode's end.
+
+    :return: ``(N, rows, A)`` actions (rows past the end repeat the last action) and an ``(N, rows)`` bool mask.
+    """
+    actions = demos.actions
+    n = len(actions)
+    if actions.shape[1:] == tuple(action_shape) and len(action_shape) == 2:
+        return actions, np.ones((n, action_shape[0]), dtype=bool)  # chunks given as they are
+    actions = actions.reshape(n, -1)
+    episode = np.cumsum(demos.episode_starts) - 1
+    index = np.arange(n)[:, None] + np.arange(rows)[None, :]
+    clipped = np.minimum(index, n - 1)
+    mask = (index < n) & (episode[clipped] == episode[:, None])
+    # Rows past the end of the episode repeat its last action (masked out of the loss anyway).
+    last_valid = np.where(mask, index, -1).max(axis=1, keepdims=True)
+    chunks = actions[np.where(mask, index, last_valid)]
+    return chunks, mask
+
+
+def _policy_of(model_or_policy) -> FlowPolicy:
+    policy = model_or_policy.policy if isinstance(model_or_policy, BaseAlgorithm) else model_or_policy
+    if not isinstance(policy, FlowPolicy):
+        raise TypeError(f"pretrain needs a flow policy or an algorithm with one, got {type(policy).__name__}")
+    return policy
+
+
+def pretrain(
+    model_or_policy,
+    demos: Demonstrations,
+    *,
+    epochs: int = 300,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int | None = None,
+    progress_bar: bool = False,
+) -> dict[str, float]:
+    """Fit the policy's velocity field to demonstrations with the flow-matching loss (ALGORITHM.md §1).
+
+    ``‖v_θ(x_t, t, obs) - (ε - a)‖²`` over executed rows and real action dims, with ``x_t = t·ε + (1-t)·a`` and
+    ``t = 0.999·Beta(1.5, 1) + 0.001``. Trains the student with its own AdamW (the RL optimizer is left as it
+    is), then sets θ_old ← θ on an algorithm with an EMA rollout policy. ``num_timesteps`` is unchanged.
+
+    :param model_or_policy: A StepNFT/FlowPPO/FlowGRPO model or a bare flow policy.
+    :param demos: The demonstrations (actions in env units).
+    :param epochs: Passes over the demonstration steps.
+    :param batch_size: Minibatch size.
+    :param learning_rate: Learning rate of the pretraining optimizer.
+    :param seed: Seed of the minibatch order, flow times and noise (None: torch's global generator state).
+    :param progress_bar: Show a progress bar over epochs.
+    :return: ``dict(loss=..., initial_loss=..., gradient_steps=..., samples=..., episodes=...)``.
+    """
+    policy = _policy_of(model_or_policy)
+    device = policy.device
+    generator = th.Generator(device="cpu")
+    generator.manual_seed(int(seed) if seed is not None else int(th.randint(0, 2**31 - 1, (1,)).item()))
+
+    observations = demos.observations
+    vec_normalize = getattr(model_or_policy, "_vec_normalize_env", None)
+    if vec_normalize is not None:
+        observations = vec_normalize.normalize_obs(observations)
+    _check_observations(policy, observations)
+    chunks, row_mask = build_chunks(demos, policy.executed_rows, policy.action_space.shape)
+    targets = th.as_tensor(chunks, dtype=th.float32).reshape(len(demos), policy.executed_rows, policy.real_action_dim)
+    targets = policy.to_normalised(targets.to(device)).clamp(-1.0, 1.0)
+    row_mask_t = th.as_tensor(row_mask, device=device)
+
+    optimizer = th.optim.AdamW(policy.parameters(), lr=learning_rate, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)
+    policy.set_training_mode(True)
+    n = len(demos)
+    losses: list[float] = []
+    epoch_iter = range(epochs)
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="pretrain", unit="epoch")
+    for _ in epoch_iter:
+        permutation = th.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            index = permutation[start : start + batch_size]
+            obs = obs_as_tensor(_take(observations, index.numpy()), device)
+            actions = targets[index.to(device)]
+            mask = row_mask_t[index.to(device)]
+            t = sample_flow_times(len(index), generator=generator).to(device)
+            noise = th.randn((len(index), policy.chunk_size, policy.action_dim), generator=generator).to(device)
+            padded = th.zeros_like(noise)
+            padded[:, : policy.executed_rows, : policy.real_action_dim] = actions
+            x_t, velocity_target = flow_matching_interpolate(padded, noise, t)
+            prediction = policy.velocity(x_t, t, policy.encode(obs))
+            error = (policy.executed(prediction) - policy.executed(velocity_target)) ** 2
+            element_mask = mask[..., None].expand_as(error)
+            loss = error[element_mask].mean()
+            if not th.isfinite(loss):
+                raise FloatingPointError("pretrain: the flow-matching loss is not finite; lower learning_rate")
+            optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    policy.set_training_mode(False)
+    ema = getattr(model_or_policy, "ema", None)
+    if ema is not None:
+        ema.copy_from_student()  # θ_old ← θ
+    tail = losses[-max(1, len(losses) // 20) :]
+    return dict(
+        loss=float(np.mean(tail)),
+        initial_loss=float(losses[0]),
+        gradient_steps=len(losses),
+        samples=n,
+        episodes=demos.n_episodes,
+    )
+
+
+def _take(observations, index: np.ndarray):
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
+def _check_observations(policy: FlowPolicy, observations) -> None:
+    space = policy.observation_space
+    if hasattr(space, "spaces") and isinstance(space.spaces, dict):
+        if not isinstance(observations, dict):
+            raise ValueError(f"The policy expects dict observations with keys {sorted(space.spaces)}, got an array")
+        missing = set(space.spaces) - set(observations)
+        if missing:
+            raise ValueError(
+                f"Demonstration observations lack the keys {sorted(missing)} of the observation space "
+                f"(given: {sorted(observations)})"
+            )
+        return
+    if isinstance(observations, dict):
+        raise ValueError("The policy expects array observations, but the demonstrations hold a dict")
+    if tuple(observations.shape[1:]) != tuple(space.shape):
+        raise ValueError(
+            f"Demonstration observations have shape {tuple(observations.shape[1:])} per step, "
+            f"the observation space expects {tuple(space.shape)}"
+        )
