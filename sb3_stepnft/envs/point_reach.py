@@ -19,17 +19,22 @@ class PointReachEnv(gym.Env):
     - Observation: ``(x, y, goal_x - x, goal_y - y, last_action_x, last_action_y)`` (float32): the position,
       the offset to the goal and the previous action (zero after a reset), so a policy can keep a heading.
     - Action: a velocity in [-1, 1]²; the point moves by ``step_size·action``.
+    - Start and goal: the start near the centre and the goal ``goal_distance`` away in a random direction
+      (``goal_distance=None``: both uniform in the square).
     - Reward: 1 when the point comes within ``goal_radius`` of the goal (the episode then terminates), else 0.
     - ``info["is_success"]``: whether the goal was reached; episodes are truncated after ``max_episode_steps``.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, max_episode_steps: int = 15, step_size: float = 0.1, goal_radius: float = 0.1):
+    def __init__(
+        self, max_episode_steps: int = 12, step_size: float = 0.1, goal_radius: float = 0.1, goal_distance: float | None = 0.7
+    ):
         super().__init__()
         self.max_episode_steps = max_episode_steps
         self.step_size = step_size
         self.goal_radius = goal_radius
+        self.goal_distance = goal_distance
         self.observation_space = spaces.Box(-2.0, 2.0, shape=(6,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self._position = np.zeros(2)
@@ -42,10 +47,15 @@ class PointReachEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self._position = self.np_random.uniform(-0.9, 0.9, size=2)
-        self._goal = self.np_random.uniform(-0.9, 0.9, size=2)
-        while np.linalg.norm(self._goal - self._position) < 3 * self.goal_radius:
+        if self.goal_distance is None:  # start and goal anywhere in the square
+            self._position = self.np_random.uniform(-0.9, 0.9, size=2)
             self._goal = self.np_random.uniform(-0.9, 0.9, size=2)
+            while np.linalg.norm(self._goal - self._position) < 3 * self.goal_radius:
+                self._goal = self.np_random.uniform(-0.9, 0.9, size=2)
+        else:  # goal at a fixed distance in a random direction: success depends on the actions, not on luck
+            self._position = self.np_random.uniform(-0.2, 0.2, size=2)
+            angle = self.np_random.uniform(0.0, 2 * np.pi)
+            self._goal = self._position + self.goal_distance * np.array([np.cos(angle), np.sin(angle)])
         self._steps = 0
         self._last_action = np.zeros(2)
         return self._obs(), {}

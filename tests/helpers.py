@@ -1,0 +1,58 @@
+"""Small builders shared by the tests."""
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_stepnft.envs import PointReachEnv
+
+
+def point_reach_vec(n_envs=2, seed=0, **env_kwargs):
+    return make_vec_env(PointReachEnv, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or None)
+
+
+class ImageReachEnv(gym.Env):
+    """PointReach with a small image observation (a CnnPolicy target)."""
+
+    def __init__(self):
+        self.inner = PointReachEnv()
+        self.observation_space = spaces.Box(0, 255, shape=(36, 36, 1), dtype=np.uint8)
+        self.action_space = self.inner.action_space
+
+    def _image(self, obs):
+        img = np.zeros((36, 36, 1), dtype=np.uint8)
+        for (x, y), value in (((obs[0], obs[1]), 255), ((obs[0] + obs[2], obs[1] + obs[3]), 128)):
+            i, j = int((np.clip(x, -1, 1) + 1) * 17.5), int((np.clip(y, -1, 1) + 1) * 17.5)
+            img[i, j, 0] = value
+        return img
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.inner.reset(seed=seed)
+        return self._image(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return self._image(obs), reward, terminated, truncated, info
+
+
+class DictReachEnv(gym.Env):
+    """PointReach with Dict observations (a MultiInputPolicy target)."""
+
+    def __init__(self):
+        self.inner = PointReachEnv()
+        self.observation_space = spaces.Dict(
+            {"position": spaces.Box(-1, 1, (2,), np.float32), "goal": spaces.Box(-2, 2, (4,), np.float32)}
+        )
+        self.action_space = self.inner.action_space
+
+    def _split(self, obs):
+        return {"position": obs[:2], "goal": obs[2:]}
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.inner.reset(seed=seed)
+        return self._split(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return self._split(obs), reward, terminated, truncated, info
