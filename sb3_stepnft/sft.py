@@ -1,6 +1,7 @@
 """Demonstrations and flow-matching pretraining (SFT) of flow policies (ALGORITHM.md §1)."""
 
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,8 @@ class Demonstrations:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Demonstrations":
         """Load demonstrations saved by :meth:`save`."""
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"Cannot read demonstrations from {path}: not an .npz archive (corrupted or foreign file)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 files = set(data.files)
@@ -85,7 +88,7 @@ class Demonstrations:
                 else:
                     observations = {k[len(_OBS_PREFIX) :]: data[k] for k in files if k.startswith(_OBS_PREFIX)}
                 return cls(observations, data["actions"], data["episode_starts"])
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"Cannot read demonstrations from {path}: {error}") from error
 
 

@@ -65,8 +65,20 @@ def sde_coefficients(step_index, num_denoise_steps: int = 4, noise_level: float 
         return _sde_coefficients_tensor(step_index, num_denoise_steps, noise_level)
     if int(step_index) != step_index or not 0 <= step_index < num_denoise_steps:
         raise ValueError(f"step_index must be an integer in [0, {num_denoise_steps - 1}], got {step_index!r}")
-    coef_x, coef_v, std = _sde_coefficients_tensor(th.tensor([int(step_index)]), num_denoise_steps, noise_level)
-    return coef_x.item(), coef_v.item(), std.item()
+    return _sde_coefficients_float(int(step_index), num_denoise_steps, noise_level)
+
+
+def _sde_coefficients_float(step_index: int, num_denoise_steps: int, noise_level: float) -> tuple[float, float, float]:
+    """The same formulas as :func:`_sde_coefficients_tensor`, in Python floats rounded to float32."""
+    delta = 1.0 / num_denoise_steps
+    t = 1.0 - step_index * delta
+    t_tilde = 1.0 - delta if step_index == 0 else t
+    sigma_sq = noise_level**2 * t / (1.0 - t_tilde)
+    coef_x = 1.0 - sigma_sq * delta / (2.0 * t)
+    coef_v = -delta * (1.0 + sigma_sq * (1.0 - t) / (2.0 * t))
+    std = math.sqrt(delta) * math.sqrt(sigma_sq)
+    as_f32 = th.tensor([coef_x, coef_v, std], dtype=th.float64).float().tolist()
+    return as_f32[0], as_f32[1], as_f32[2]
 
 
 def _broadcast(coef: th.Tensor, like: th.Tensor) -> th.Tensor:
@@ -182,9 +194,9 @@ def sample_chain(
         noisy = sampler == "sde" or (sampler == "one_step_sde" and k == stochastic_step)
         v = velocity_fn(x, grid[k].expand(batch)).float()
         if noisy:
-            mean, std = sde_mean(x, v, th.full((batch,), k, dtype=th.long, device=x.device), num_denoise_steps, noise_level)
+            coef_x, coef_v, std = _sde_coefficients_float(k, num_denoise_steps, noise_level)
             noise = th.randn(x.shape, generator=generator, device=x.device, dtype=th.float32)
-            x = mean + std * noise
+            x = coef_x * x + coef_v * v + std * noise
         else:
             x = euler_step(x, v, num_denoise_steps)
         states.append(x)

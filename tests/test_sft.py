@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_stepnft import StepNFT
+from sb3_stepnft.envs import PointReachEnv, collect_demonstrations
+from sb3_stepnft.policies import MlpFlowPolicy
+from sb3_stepnft.sft import Demonstrations, build_chunks, pretrain
+from sb3_stepnft.wrappers import ActionChunk
+from tests.helpers import DictReachEnv
+
+
+def test_build_chunks_respects_episode_ends():
+    actions = np.arange(10, dtype=np.float32).reshape(5, 2)
+    demos = Demonstrations(np.zeros((5, 3)), actions, [1, 0, 0, 1, 0])
+    chunks, mask = build_chunks(demos, rows=3, action_shape=(3, 2))
+    assert chunks.shape == (5, 3, 2)
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]]
+    assert np.array_equal(chunks[1, :2], actions[1:3]) and np.array_equal(chunks[3, :2], actions[3:5])
+
+
+def test_demonstrations_validation_and_io(tmp_path):
+    with pytest.raises(ValueError, match="same length"):
+        Demonstrations(np.zeros((4, 3)), np.zeros((3, 2)), np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        Demonstrations(np.zeros((2, 3)), np.array([[0, np.nan], [0, 0]]), np.zeros(2))
+    demos = Demonstrations({"a": np.ones((3, 2)), "b": np.zeros((3, 1))}, np.zeros((3, 2)), [0, 0, 1])
+    assert demos.episode_starts.tolist() == [True, False, True] and demos.n_episodes == 2
+    demos.save(tmp_path / "d.npz")
+    loaded = Demonstrations.load(tmp_path / "d.npz")
+    assert set(loaded.observations) == {"a", "b"} and np.array_equal(loaded.observations["a"], np.ones((3, 2)))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="Cannot read"):
+        Demonstrations.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a Demonstrations file"):
+        Demonstrations.load(tmp_path / "foreign.npz")
+
+
+def test_pretrain_fits_imitates_and_is_seeded():
+    demos, _ = collect_demonstrations(10, seed=0, imperfect_fraction=0.0)
+
+    def fit(seed):
+        model = StepNFT("MlpPolicy", make_vec_env(PointReachEnv, n_envs=1, seed=0), seed=0)
+        return model, pretrain(model, demos, epochs=60, seed=seed)
+
+    model, metrics = fit(1)
+    assert metrics["loss"] < 0.5 * metrics["initial_loss"]
+    again, _ = fit(1)
+    other, _ = fit(2)
+    params = [list(m.policy.parameters()) for m in (model, again, other)]
+    assert all(th.equal(a, b) for a, b in zip(params[0], params[1]))
+    assert not all(th.equal(a, b) for a, b in zip(params[0], params[2]))
+    # deterministic actions point towards the goal like the demonstrator's
+    obs = demos.observations[:50]
+    actions, _ = model.predict(obs, deterministic=True)
+    cosine = (actions * obs[:, 2:4]).sum(1) / (np.linalg.norm(actions, axis=1) * np.linalg.norm(obs[:, 2:4], axis=1))
+    assert np.mean(cosine) > 0.8
+
+
+def test_pretrain_bare_policy_chunks_and_dict_obs():
+    env = ActionChunk(PointReachEnv(), size=4)
+    policy = MlpFlowPolicy(env.observation_space, env.action_space, lambda _: 1e-3)
+    demos, _ = collect_demonstrations(3, seed=0)
+    metrics = pretrain(policy, demos, epochs=2, seed=0, progress_bar=True)
+    assert metrics["gradient_steps"] > 0 and np.isfinite(metrics["loss"])
+
+    dict_model = StepNFT("MultiInputPolicy", make_vec_env(DictReachEnv, n_envs=1), seed=0)
+    dict_demos = Demonstrations({"position": demos.observations[:, :2], "goal": demos.observations[:, 2:]},
+                                demos.actions, demos.episode_starts)  # fmt: skip
+    pretrain(dict_model, dict_demos, epochs=2, seed=0)
+    with pytest.raises(ValueError, match="lack the keys"):
+        pretrain(dict_model, Demonstrations({"position": demos.observations[:, :2]}, demos.actions, demos.episode_starts))
+    with pytest.raises(ValueError, match="shape"):
+        pretrain(policy, Demonstrations(demos.observations[:, :3], demos.actions, demos.episode_starts))
+
+
+def test_pretrain_uses_vec_normalize_statistics():
+    env = VecNormalize(make_vec_env(PointReachEnv, n_envs=1), norm_reward=False)
+    env.obs_rms.mean[:] = 5.0
+    model = StepNFT("MlpPolicy", env, seed=0)
+    seen = []
+    original = model.policy.encode
+
+    def encode(obs):
+        seen.append(obs.detach().clone())
+        return original(obs)
+
+    model.policy.encode = encode
+    demos, _ = collect_demonstrations(2, seed=0)
+    pretrain(model, demos, epochs=1, seed=0)
+    assert th.all(seen[0] < -1.0)  # (obs - 5)/std: normalised, not raw
