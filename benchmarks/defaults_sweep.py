@@ -74,7 +74,7 @@ def main():
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(one_run, jobs)
     rows = {}
-    for key, seed, before, after, wall in results:
+    for key, _seed, before, after, wall in results:
         rows.setdefault(key, []).append((before, after, wall))
     os.makedirs(args.out, exist_ok=True)
     lines = [

@@ -85,7 +85,7 @@ def main() -> None:
     for seed in args.seeds:
         demos, demo_rate = collect_demonstrations(40, seed=seed)
         demo_rates.append(demo_rate)
-        console.print(f"seed {seed}: {demos.n_episodes} demonstrations ({len(demos)} steps), demonstrator success {demo_rate:.2f}")
+        console.print(f"seed {seed}: {demos.n_episodes} demonstrations ({len(demos)} steps), success {demo_rate:.2f}")
         for algo in results:
             with console.status(f"seed {seed}: {algo} for {args.steps} env steps"):
                 results[algo].append(run(algo, seed, args.steps, args.eval_every, args.n_eval, demos))

@@ -1,6 +1,6 @@
 """π-StepNFT on PointReach, top to bottom: demonstrations → flow-matching pretraining → online RL → evaluation.
 
-    python examples/stepnft_point_reach.py --steps 100000 --seed 0
+python examples/stepnft_point_reach.py --steps 100000 --seed 0
 """
 
 import argparse

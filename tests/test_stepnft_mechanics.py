@@ -168,7 +168,7 @@ def test_graded_labels_for_returns():
     model = fixed_model(n_steps=12, length=3, outcome="return")
     seen = record_training_data(model)
     model.learn(12)  # 4 episodes with returns 0, 3, 6, 9 (reward = episode index)
-    labels = {int(e): float(l) for e, l in zip(seen[-1]["obs"][:, 0], seen[-1]["label"])}
+    labels = {int(e): float(value) for e, value in zip(seen[-1]["obs"][:, 0], seen[-1]["label"])}
     returns = np.array([0, 3, 6, 9.0]) * 3
     adv = (returns - returns.mean()) / (returns.std() + 1e-8)
     expected = np.clip(np.clip(adv, -1, 1) / 2 + 0.5, 0, 1)

@@ -2,7 +2,7 @@
 
 import math
 import warnings
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch as th
@@ -186,7 +186,8 @@ class StepNFT(FlowOnPolicyAlgorithm):
         if reset_num_timesteps:
             self.ema_iteration = 0  # a new schedule: θ_old ← θ before its first rollout (§3.5)
         # T = ceil(total steps / (n_steps·n_envs)); with reset_num_timesteps=False, extended to the new total.
-        self._ema_schedule_horizon = self.ema_horizon or max(1, math.ceil(self._total_timesteps / (self.n_steps * self.n_envs)))
+        iterations = math.ceil(self._total_timesteps / (self.n_steps * self.n_envs))
+        self._ema_schedule_horizon = self.ema_horizon or max(1, iterations)
         return total, callback
 
     def current_ema_decay(self) -> float:
