@@ -29,8 +29,8 @@ VARIATIONS = [
     {"batch_size": 64},
     {"n_epochs": 1},
     {"n_epochs": 8},
-    {"pretrain": {"epochs": 100}},
-    {"pretrain": {"epochs": 1000}},
+    {"pretrain": {"epochs": 300, "learning_rate": 1e-3}},
+    {"pretrain": {"epochs": 1000, "learning_rate": 1e-3}},
 ]
 
 
@@ -78,7 +78,7 @@ def main():
         rows.setdefault(key, []).append((before, after, wall))
     os.makedirs(args.out, exist_ok=True)
     lines = [
-        f"Command: `python benchmarks/defaults_sweep.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"Command: `{' '.join(['python benchmarks/defaults_sweep.py', *sys.argv[1:]])}`",
         "",
         f"PointReach, 8 envs, {args.steps} env steps, seeds {args.seeds}, success over {args.n_eval} episodes "
         "(deterministic=False). Each row changes one setting from the defaults.",

@@ -123,9 +123,9 @@ def pretrain(
     model_or_policy,
     demos: Demonstrations,
     *,
-    epochs: int = 300,
+    epochs: int = 100,
     batch_size: int = 64,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-4,
     seed: int | None = None,
     progress_bar: bool = False,
 ) -> dict[str, float]:
