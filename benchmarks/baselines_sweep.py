@@ -24,11 +24,19 @@ VARIATIONS = {
         {},
         {"learning_rate": 3e-5},
         {"learning_rate": 3e-4},
+        {"n_epochs": 4},
+        {"n_epochs": 16},
+        {"n_steps": 256},
         {"critic_learning_rate": 1e-3},
-        {"n_epochs": 8},
+    ],
+    "FlowGRPO": [
+        {},
+        {"learning_rate": 3e-5},
+        {"learning_rate": 3e-4},
+        {"n_epochs": 4},
+        {"n_epochs": 16},
         {"n_steps": 256},
     ],
-    "FlowGRPO": [{}, {"learning_rate": 3e-5}, {"learning_rate": 3e-4}, {"n_epochs": 8}, {"n_steps": 256}],
 }
 
 

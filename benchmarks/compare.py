@@ -3,7 +3,8 @@
 Every algorithm gets the same env-step budget, the same seeds and 8 envs (FlowGRPO: groups of its default size from
 ``make_grouped_vec_env``). The flow algorithms start from one pretrained flow policy per seed (``pretrain`` on
 ``collect_demonstrations(40, seed)``, weights copied with ``set_parameters``); PPO and TRPO learn a Gaussian
-``MlpPolicy`` from scratch with their SB3 defaults. Success is measured with ``evaluate_success``
+``MlpPolicy`` from scratch with their SB3 defaults except ``n_steps=128``, so that every algorithm collects 1024
+decisions per iteration and stops at the same budget. Success is measured with ``evaluate_success``
 (``deterministic=False``, seeded) every --eval-every env steps, at the start of a rollout (after the previous
 update) and once more after the last update.
 
@@ -33,6 +34,7 @@ DEFAULT_ALGOS = [
 ]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 N_ENVS = 8
+N_STEPS = 128  # env steps per env per iteration, for every algorithm (the flow algorithms' default)
 
 
 def load_class(path: str):
@@ -91,7 +93,7 @@ def run_one(job) -> list[dict]:
 
     algo_path, seed, steps, eval_every, n_eval, policy_state = job
     cls = load_class(algo_path)
-    model = cls("MlpPolicy", make_train_env(cls, seed), seed=seed)
+    model = cls("MlpPolicy", make_train_env(cls, seed), seed=seed, n_steps=N_STEPS)
     if policy_state is not None:
         model.set_parameters({"policy": policy_state}, exact_match=False)  # FlowPPO's value head stays fresh
     eval_env = make_vec_env(PointReachEnv, n_envs=1)
@@ -132,7 +134,7 @@ def run_one(job) -> list[dict]:
     return rows
 
 
-def write_markdown(path: str, rows: list[dict], args, command: str) -> str:
+def write_markdown(path: str, rows: list[dict], args, command: str, flow_algos: set[str]) -> str:
     algos = list(dict.fromkeys(row["algo"] for row in rows))
     lines = [
         f"Command: `{command}`",
@@ -140,10 +142,12 @@ def write_markdown(path: str, rows: list[dict], args, command: str) -> str:
         f"PointReach (sparse success, 12-step episodes), {N_ENVS} envs, {args.steps} env steps per run, seeds "
         f"{args.seeds}; success rate over {args.n_eval} seeded episodes with `evaluate_success(deterministic=False)`. "
         "Flow algorithms start from the same pretrained flow policy per seed (step 0); PPO and TRPO (Gaussian "
-        "MlpPolicy, SB3 defaults) start from scratch. Mean ± std over seeds.",
+        f"MlpPolicy, SB3 defaults except n_steps={N_STEPS}) start from scratch. Every algorithm collects "
+        f"{N_ENVS * N_STEPS} decisions per iteration. Mean ± std over seeds.",
         "",
-        "| algorithm | success at step 0 | final success | gain | final return | train time (s) |",
-        "|---|---|---|---|---|---|",
+        "| algorithm | start | success at step 0 | final success | gain | final return | final env steps | "
+        "wall time incl. evaluations (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for algo in algos:
         per_seed = {}
@@ -154,12 +158,12 @@ def write_markdown(path: str, rows: list[dict], args, command: str) -> str:
         last = np.array([r[-1]["success_rate"] for r in per_seed.values()])
         ret = np.array([r[-1]["mean_return"] for r in per_seed.values()])
         wall = np.array([r[-1]["wall_time"] for r in per_seed.values()])
-        from_scratch = algo in ("PPO", "TRPO", "A2C")
-        start = "— (from scratch)" if from_scratch else f"{first.mean():.3f} ± {first.std():.3f}"
-        gain = "—" if from_scratch else f"{(last - first).mean():+.3f} ± {(last - first).std():.3f}"
+        final_steps = max(r[-1]["env_steps"] for r in per_seed.values())
+        start = "pretrained flow policy" if algo in flow_algos else "from scratch"
         lines.append(
-            f"| {algo} | {start} | {last.mean():.3f} ± {last.std():.3f} | {gain} | {ret.mean():.3f} ± {ret.std():.3f} | "
-            f"{wall.mean():.0f} |"
+            f"| {algo} | {start} | {first.mean():.3f} ± {first.std():.3f} | {last.mean():.3f} ± {last.std():.3f} | "
+            f"{(last - first).mean():+.3f} ± {(last - first).std():.3f} | {ret.mean():.3f} ± {ret.std():.3f} | "
+            f"{final_steps} | {wall.mean():.0f} |"
         )
     lines += ["", "Success rate (mean over seeds) against env steps:", ""]
     grid = sorted({row["env_steps"] for row in rows})
@@ -241,7 +245,8 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(write_markdown(out + ".md", rows, args, command))
+    flow_algos = {cls.__name__ for cls in classes.values() if is_flow(cls)}
+    print(write_markdown(out + ".md", rows, args, command, flow_algos))
     write_plot(out + ".png", rows, args)
     print(f"wrote {out}.csv, {out}.md, {out}.png")
 

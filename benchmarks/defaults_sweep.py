@@ -29,8 +29,8 @@ VARIATIONS = [
     {"batch_size": 64},
     {"n_epochs": 1},
     {"n_epochs": 8},
-    {"pretrain": {"epochs": 300, "learning_rate": 1e-3}},
-    {"pretrain": {"epochs": 1000, "learning_rate": 1e-3}},
+    {"pretrain": {"epochs": 100}},
+    {"pretrain": {"epochs": 1000}},
 ]
 
 
@@ -45,11 +45,11 @@ def one_run(job):
     from sb3_stepnft.envs import PointReachEnv, collect_demonstrations
     from sb3_stepnft.sft import pretrain
 
-    variation, seed, steps, n_eval = job
+    variation, seed, steps, n_eval, pretrain_kwargs = job
     kwargs = {k: v for k, v in variation.items() if k != "pretrain"}
     demos, _ = collect_demonstrations(40, seed=seed)
     model = StepNFT("MlpPolicy", make_vec_env(PointReachEnv, n_envs=8, seed=seed), seed=seed, **kwargs)
-    pretrain(model, demos, seed=seed, **variation.get("pretrain", {}))
+    pretrain(model, demos, seed=seed, **{**pretrain_kwargs, **variation.get("pretrain", {})})
 
     def success():
         env = make_vec_env(PointReachEnv, n_envs=1, seed=10_000 + seed)
@@ -68,9 +68,16 @@ def main():
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretrain epochs (default: pretrain's)")
+    parser.add_argument("--pretrain-lr", type=float, default=None, help="pretrain learning rate (default: pretrain's)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
-    jobs = [(v, s, args.steps, args.n_eval) for v in VARIATIONS for s in args.seeds]
+    pretrain_kwargs = {}
+    if args.pretrain_epochs is not None:
+        pretrain_kwargs["epochs"] = args.pretrain_epochs
+    if args.pretrain_lr is not None:
+        pretrain_kwargs["learning_rate"] = args.pretrain_lr
+    jobs = [(v, s, args.steps, args.n_eval, pretrain_kwargs) for v in VARIATIONS for s in args.seeds]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(one_run, jobs)
     rows = {}
@@ -81,7 +88,8 @@ def main():
         f"Command: `{' '.join(['python benchmarks/defaults_sweep.py', *sys.argv[1:]])}`",
         "",
         f"PointReach, 8 envs, {args.steps} env steps, seeds {args.seeds}, success over {args.n_eval} episodes "
-        "(deterministic=False). Each row changes one setting from the defaults.",
+        f"(deterministic=False), pretrain settings {pretrain_kwargs or 'defaults'}. Each row changes one setting from "
+        "the defaults.",
         "",
         "| change from defaults | success before | success after | gain (mean ± std) | train time (s) |",
         "|---|---|---|---|---|",
