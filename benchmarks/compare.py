@@ -224,7 +224,7 @@ def main():
     args.n_eval = args.n_eval or (50 if quick else 200)
     out = args.out or os.path.join(RESULTS, "compare_quick" if quick else "compare")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
 
     classes = {path: load_class(path) for path in args.algos}
     context = mp.get_context("spawn")

@@ -6,4 +6,12 @@ MlpPolicy = MlpFlowPolicy
 CnnPolicy = CnnFlowPolicy
 MultiInputPolicy = MultiInputFlowPolicy
 
-__all__ = ["FlowPolicy", "MlpFlowPolicy", "CnnFlowPolicy", "MultiInputFlowPolicy", "MlpPolicy", "CnnPolicy", "MultiInputPolicy"]
+__all__ = [
+    "FlowPolicy",
+    "MlpFlowPolicy",
+    "CnnFlowPolicy",
+    "MultiInputFlowPolicy",
+    "MlpPolicy",
+    "CnnPolicy",
+    "MultiInputPolicy",
+]

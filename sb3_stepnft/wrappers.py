@@ -1,4 +1,4 @@
-"""Gymnasium wrappers: action chunks and success adapters."""
+"""Gymnasium wrappers: action chunks, success adapters and group seeding."""
 
 from collections.abc import Callable
 from typing import Any, SupportsFloat
@@ -88,3 +88,36 @@ class SuccessInfo(gym.Wrapper):
         info = dict(info)
         info["is_success"] = bool(np.asarray(success).item())
         return obs, reward, terminated, truncated, info
+
+
+class GroupSeed(gym.Wrapper):
+    """Reseed every reset with ``base_seed + episode_counter``: envs built with the same ``base_seed`` start their
+    j-th episodes from the same initial state (FlowGRPO's groups, ALGORITHM.md §4). No extra ``reset()`` is ever
+    made, so Monitor statistics and episode counts are those of an unwrapped env.
+
+    A seed passed to ``reset()`` is ignored: SB3's VecEnvs pass ``seed + env index`` to every member, which would
+    give each member its own initial states. Choose the seeds with ``base_seed`` (or use
+    :func:`sb3_stepnft.envs.make_grouped_vec_env`).
+
+    :param env: The env to reseed; its initial state must be a function of the reset seed.
+    :param base_seed: Seed of the first episode; episode j uses ``base_seed + j``.
+    """
+
+    def __init__(self, env: gym.Env, base_seed: int):
+        super().__init__(env)
+        if isinstance(base_seed, bool) or int(base_seed) != base_seed or base_seed < 0:
+            raise ValueError(f"GroupSeed base_seed must be a non-negative integer, got {base_seed!r}")
+        self.base_seed = int(base_seed)
+        self.episode_counter = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        episode_seed = self.base_seed + self.episode_counter
+        self.episode_counter += 1
+        return self.env.reset(seed=episode_seed, options=options)
+
+    def set_episode_counter(self, episode_counter: int) -> None:
+        """Make the next reset use ``base_seed + episode_counter`` (FlowGRPO realigns a group before it resets the
+        env from outside, when members had finished different numbers of episodes)."""
+        if int(episode_counter) != episode_counter or episode_counter < 0:
+            raise ValueError(f"episode_counter must be a non-negative integer, got {episode_counter!r}")
+        self.episode_counter = int(episode_counter)

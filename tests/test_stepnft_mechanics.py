@@ -276,3 +276,28 @@ def test_ablations_run(kwargs):
     model = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=32, batch_size=32, n_epochs=1, seed=0, **kwargs)
     model.learn(128)
     assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+def test_eval_callback_sees_the_student_not_the_ema_weights():
+    model = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, seed=0)
+    model.learn(64)  # after a few updates θ_old != θ
+    student = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    assert any(not th.equal(model.ema.shadow[n], student[n]) for n in student)
+
+    class Check(BaseCallback):
+        def _on_step(self):
+            for n, p in self.model.policy.named_parameters():
+                assert th.equal(p, student[n])
+            return True
+
+    model.learn(8, callback=Check(), reset_num_timesteps=False)
+
+
+def test_longer_model_chunk_than_executed_rows():
+    model = StepNFT(
+        "MlpPolicy", point_reach_vec(n_envs=2), n_steps=16, batch_size=32, n_epochs=1, seed=0,
+        policy_kwargs=dict(chunk_size=4, action_dim=3),
+    )  # fmt: skip
+    model.learn(64)
+    assert model.policy.chunk_size == 4 and model.policy.executed_rows == 1
+    assert model.predict(model.env.reset(), deterministic=True)[0].shape == (2, 2)

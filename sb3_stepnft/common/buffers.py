@@ -3,6 +3,10 @@
 Unlike SB3's ``RolloutBuffer`` the contents outlive a rollout: a decision of an episode that is still running
 when the rollout ends stays *pending* and is trained in the iteration in which its episode ends
 (ALGORITHM.md §3.1, "SB3 mapping"). Pending decisions are never saved with the model.
+
+Two ways to label: per episode (:meth:`DecisionBuffer.label`, StepNFT and FlowGRPO: a decision waits until its
+episode, or its episode's group, has an outcome) or per decision for a whole rollout at once
+(:meth:`DecisionBuffer.label_steps`, FlowPPO's GAE advantages: nothing stays pending).
 """
 
 from typing import Any
@@ -46,7 +50,8 @@ class DecisionBuffer:
         self._pending: dict[str, Any] | None = None  # flat arrays of decisions without label
         self._labelled: list[dict[str, Any]] = []
         self._steps: list[dict[str, Any]] = []
-        self._labels: dict[int, float] = {}
+        self._labels: dict[int, float | None] = {}
+        self.dropped_decisions = 0
 
     # ----------------------------------------------------------------------------------------- SB3 interface
     def reset(self) -> None:
@@ -60,17 +65,47 @@ class DecisionBuffer:
         record["episode_id"] = np.asarray(episode_ids, dtype=np.int64).copy()
         self._steps.append(record)
 
-    def label(self, labels: dict[int, float]) -> None:
-        """Give the decisions of finished episodes their label (``episode_id -> value``)."""
+    def label(self, labels: dict[int, float | None]) -> None:
+        """Give the decisions of finished episodes their label (``episode_id -> value``).
+
+        A label of ``None`` drops the episode's decisions at the next :meth:`finish_rollout` (counted in
+        ``dropped_decisions``): FlowGRPO's ``filter_groups``.
+        """
         self._labels.update(labels)
+
+    def rollout_steps(self) -> dict[str, Any]:
+        """The fields of the steps added since the last labelling, stacked as ``(n_steps, n_envs, ...)`` arrays."""
+        if not self._steps:
+            raise RuntimeError("No decision was added since the last labelling")
+        keys = [key for key in self._steps[0] if key != "obs"]
+        return {key: np.stack([step[key] for step in self._steps]) for key in keys}
+
+    def label_steps(self, labels: np.ndarray, **fields: np.ndarray) -> None:
+        """Label every decision added since the last labelling at once, independently of episodes.
+
+        :param labels: ``(n_steps, n_envs)`` labels (FlowPPO: GAE advantages), in the order of :meth:`add`.
+        :param fields: more ``(n_steps, n_envs, ...)`` arrays stored with the decisions (e.g. returns).
+        """
+        if len(labels) != len(self._steps):
+            raise ValueError(f"label_steps got labels for {len(labels)} steps, the buffer holds {len(self._steps)}")
+        for index, step in enumerate(self._steps):
+            step["label"] = np.asarray(labels[index], dtype=np.float32)
+            step.update({key: np.asarray(value[index]) for key, value in fields.items()})
+        self._labelled.append({key: _concat([step[key] for step in self._steps]) for key in self._steps[0]})
+        self._steps = []
 
     def finish_rollout(self) -> None:
         """Merge this rollout's decisions with the pending ones and split off those whose episode is labelled."""
-        parts = ([self._pending] if self._pending is not None else []) + self._steps  # each step already has a flat (n_envs,) axis
+        # each step already has a flat (n_envs,) leading axis
+        parts = ([self._pending] if self._pending is not None else []) + self._steps
         self._steps = []
         if not parts:
             return
         merged = {key: _concat([p[key] for p in parts]) for key in parts[0]}
+        dropped = np.array([eid in self._labels and self._labels[eid] is None for eid in merged["episode_id"]], dtype=bool)
+        if dropped.any():
+            self.dropped_decisions += int(dropped.sum())
+            merged = {key: _take(value, ~dropped) for key, value in merged.items()}
         known = np.array([eid in self._labels for eid in merged["episode_id"]], dtype=bool)
         if known.any():
             labelled = {key: _take(value, known) for key, value in merged.items()}
@@ -109,4 +144,3 @@ class DecisionBuffer:
             value = value if index is None else _take(value, index)
             out[key] = obs_as_tensor(value, self.device) if key == "obs" else th.as_tensor(value, device=self.device)
         return out
-

@@ -1,8 +1,9 @@
 """The rollout loop shared by the flow algorithms (StepNFT and the πRL baselines).
 
-What differs per algorithm: which solver steps are stochastic and what is stored (:meth:`_sample_decisions`),
-which weights act during rollouts (:meth:`_rollout_context`), and how finished episodes label their decisions
-(:meth:`_label_episodes`). Everything else -- SB3's callback order, episode bookkeeping, pending decisions
+What differs per algorithm: which solver steps are stochastic and what is stored (:meth:`_sample_decisions`,
+:meth:`_step_outcome`), which weights act during rollouts (:meth:`_rollout_context`), and how decisions get their
+labels (:meth:`_label_episodes` for episode outcomes, or all of :meth:`_label_rollout` for per-decision labels such
+as FlowPPO's GAE advantages). Everything else -- SB3's callback order, episode bookkeeping, pending decisions
 across rollouts, discards on outside resets -- lives here once.
 """
 
@@ -21,6 +22,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
+from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")
@@ -28,12 +30,21 @@ SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPo
 
 @dataclass
 class FinishedEpisode:
-    """Outcome of one finished episode: ``success`` is None when the env reported no ``is_success``."""
+    """Outcome of one finished episode: ``success`` is None when the env reported no ``is_success``.
+
+    ``env_episode_index`` counts the episodes of env ``env_index`` since the env was last reset from outside
+    (0 for its first): FlowGRPO's round of a group.
+    """
 
     episode_id: int
     env_index: int
     success: bool | None
     episode_return: float
+    env_episode_index: int = 0
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a flow algorithm became NaN or infinite."""
 
 
 def check_positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
@@ -62,6 +73,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     }
     policy: FlowPolicy
     rollout_buffer: DecisionBuffer
+    _exploration_hint: ClassVar[str] = "Set `noise_level` (the noise of the Flow-SDE steps) instead."
 
     def __init__(
         self,
@@ -91,7 +103,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if use_sde or sde_sample_freq != -1:
             raise ValueError(
                 f"{type(self).__name__} does not use SB3's gSDE (use_sde/sde_sample_freq): exploration comes from the "
-                "stochastic flow sampler. Set `sampler` and `noise_level` instead."
+                f"stochastic flow sampler. {self._exploration_hint}"
             )
         check_positive("num_denoise_steps", num_denoise_steps, integer=True)
         check_positive("noise_level", noise_level, allow_zero=True)
@@ -136,20 +148,26 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        policy_kwargs = dict(self.policy_kwargs)
-        policy_kwargs.setdefault("num_denoise_steps", self.num_denoise_steps)
-        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **policy_kwargs)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self._policy_kwargs())
         self.policy = self.policy.to(self.device)
         if not isinstance(self.policy, FlowPolicy):
             raise TypeError(f"{type(self).__name__} needs a flow policy (sb3_stepnft.policies), got {self.policy_class}")
         self.rollout_buffer = DecisionBuffer(self.observation_space, self.n_envs, self.device)
         self._reset_episode_tracking()
 
+    def _policy_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the policy is built with: the user's ``policy_kwargs`` plus the algorithm's defaults
+        (``self.policy_kwargs`` itself is left as given, so that ``load(..., policy_kwargs=...)`` compares equal)."""
+        policy_kwargs = dict(self.policy_kwargs)
+        policy_kwargs.setdefault("num_denoise_steps", self.num_denoise_steps)
+        return policy_kwargs
+
     def _reset_episode_tracking(self) -> None:
         self._episode_ids = np.arange(self.n_envs, dtype=np.int64)
         self._next_episode_id = self.n_envs
         self._episode_success = np.zeros(self.n_envs, dtype=bool)
         self._episode_return = np.zeros(self.n_envs, dtype=np.float64)
+        self._env_episode_counts = np.zeros(self.n_envs, dtype=np.int64)
         self._finished_episodes: list[FinishedEpisode] = []
 
     def _excluded_save_params(self) -> list[str]:
@@ -158,6 +176,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_episode_ids",
             "_episode_success",
             "_episode_return",
+            "_env_episode_counts",
             "_finished_episodes",
         ]
 
@@ -170,12 +189,16 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
-        if reset_num_timesteps or self._last_obs is None or self._episode_ids is None or len(self._episode_ids) != self.n_envs:
+        if self._env_will_reset(reset_num_timesteps) or self._episode_ids is None or len(self._episode_ids) != self.n_envs:
             # The env is about to be reset from outside: running episodes will never end, so their
             # decisions can never be labelled (ALGORITHM.md §3.1 "SB3 mapping", item 4).
             self.discarded_decisions += self.rollout_buffer.discard_pending()
             self._reset_episode_tracking()
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
+    def _env_will_reset(self, reset_num_timesteps: bool) -> bool:
+        """Whether SB3's ``_setup_learn`` is about to reset the env from outside (every running episode is lost)."""
+        return reset_num_timesteps or self._last_obs is None
 
     def learn(
         self: SelfFlowOnPolicyAlgorithm,
@@ -196,18 +219,49 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             progress_bar=progress_bar,
         )
 
+    # ----------------------------------------------------------------------------------------------- persistence
+    def save(self, path, exclude=None, include=None) -> None:
+        """SB3's ``save``, written to a temporary file first: a failed save never leaves a half-written file."""
+        atomic_save(super().save, path, exclude=exclude, include=include)
+
+    @classmethod
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
+        """SB3's ``load``, with a clear ``ValueError`` for corrupted, non-SB3 or foreign (non-flow) checkpoints."""
+        check_checkpoint(path, cls.__name__)
+        return super().load(
+            path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
+            force_reset=force_reset, **kwargs,
+        )  # fmt: skip
+
     # ------------------------------------------------------------------------------------------------- hooks
+    def _on_rollout_start(self) -> None:
+        """Called once at the start of every rollout, before the first decision."""
+
     def _rollout_context(self):
-        """Context in which rollouts run (e.g. with the EMA weights swapped in)."""
+        """Context in which the rollout policy samples (e.g. with the EMA weights swapped in). It wraps the sampling
+        call only: env steps and callbacks (``EvalCallback``...) run outside it and see the student."""
         return contextlib.nullcontext()
 
     def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         """Sample one chunk per env: the normalised actions ``(n_envs, H, A)`` and the fields to store."""
         raise NotImplementedError
 
-    def _label_episodes(self, finished: list[FinishedEpisode]) -> dict[int, float]:
-        """Labels (``episode_id -> value``) for episodes finished so far; unlabelled ones stay pending."""
+    def _step_outcome(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Fields stored with this env step's decisions that depend on the env's response (``(n_envs, ...)`` arrays)."""
+        return {}
+
+    def _label_episodes(self, finished: list[FinishedEpisode]) -> dict[int, float | None]:
+        """Labels (``episode_id -> value``) for episodes finished so far; unlabelled ones stay pending, a label of
+        None drops the episode's decisions."""
         raise NotImplementedError
+
+    def _label_rollout(self, rollout_buffer: DecisionBuffer) -> None:
+        """Label decisions at the end of a complete rollout: by default with the outcomes of finished episodes
+        (:meth:`_label_episodes`); decisions of episodes without a label stay pending."""
+        labels = self._label_episodes(self._finished_episodes)
+        self._finished_episodes = [ep for ep in self._finished_episodes if ep.episode_id not in labels]
+        rollout_buffer.label(labels)
+        rollout_buffer.finish_rollout()
 
     def _on_episode_end(self, episode: FinishedEpisode, info: dict[str, Any]) -> None:
         """Called once per finished episode, during the rollout (checks that must fail early go here)."""
@@ -226,36 +280,33 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_steps = 0
         rollout_buffer.reset()
         callback.on_rollout_start()
+        self._on_rollout_start()
 
-        with self._rollout_context():
-            while n_steps < n_rollout_steps:
-                with th.no_grad():
-                    obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                    normalised, record = self._sample_decisions(obs_tensor)
-                    actions = self.policy.to_env_units(normalised).cpu().numpy()
-                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
-                new_obs, rewards, dones, infos = env.step(clipped_actions)
-                self.num_timesteps += env.num_envs
+        while n_steps < n_rollout_steps:
+            with th.no_grad(), self._rollout_context():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                normalised, record = self._sample_decisions(obs_tensor)
+                actions = self.policy.to_env_units(normalised).cpu().numpy()
+            clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
 
-                row_mask = self._executed_rows(infos)
-                rollout_buffer.add(
-                    self._last_obs, self._episode_ids, row_mask=row_mask, **{k: v.cpu().numpy() for k, v in record.items()}
-                )
-                self._track_episodes(rewards, dones, infos)
-                self._last_obs = new_obs  # type: ignore[assignment]
-                self._last_episode_starts = dones
+            fields = {key: value.cpu().numpy() for key, value in record.items()}
+            with th.no_grad():
+                fields.update(self._step_outcome(rewards, dones, infos))
+            rollout_buffer.add(self._last_obs, self._episode_ids, row_mask=self._executed_rows(infos), **fields)
+            self._track_episodes(rewards, dones, infos)
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
 
-                # Give access to local variables (SB3 names: new_obs, rewards, dones, infos, actions)
-                callback.update_locals(locals())
-                if not callback.on_step():
-                    return False
-                self._update_info_buffer(infos, dones)
-                n_steps += 1
+            # Give access to local variables (SB3 names: new_obs, rewards, dones, infos, actions)
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
 
-        labels = self._label_episodes(self._finished_episodes)
-        self._finished_episodes = [ep for ep in self._finished_episodes if ep.episode_id not in labels]
-        rollout_buffer.label(labels)
-        rollout_buffer.finish_rollout()
+        self._label_rollout(rollout_buffer)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
@@ -284,8 +335,13 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             has_flag = "is_success" in info
             episode_return = float(info["episode"]["r"]) if "episode" in info else float(self._episode_return[i])
             episode = FinishedEpisode(
-                int(self._episode_ids[i]), i, bool(self._episode_success[i]) if has_flag else None, episode_return
+                int(self._episode_ids[i]),
+                i,
+                bool(self._episode_success[i]) if has_flag else None,
+                episode_return,
+                int(self._env_episode_counts[i]),
             )
+            self._env_episode_counts[i] += 1
             self._finished_episodes.append(episode)
             self._on_episode_end(episode, info)
             self._episode_ids[i] = self._next_episode_id

@@ -77,6 +77,9 @@ class FlowPolicy(BasePolicy):
     :param optimizer_class: Optimizer class (default AdamW).
     :param optimizer_kwargs: Its keyword arguments, excluding the learning rate
         (default ``betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01``).
+    :param value_head: Add a critic: an MLP (``net_arch["vf"]``) on the observation features, whose input is
+        detached so the critic never trains the encoder (ALGORITHM.md §4). The optimizer then has two parameter
+        groups, ``"actor"`` and ``"critic"``. Algorithms that need it (FlowPPO) switch it on.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class FlowPolicy(BasePolicy):
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
+        value_head: bool = False,
     ):
         if optimizer_kwargs is None:
             optimizer_kwargs = dict(DEFAULT_OPTIMIZER_KWARGS) if optimizer_class is th.optim.AdamW else {}
@@ -122,6 +126,7 @@ class FlowPolicy(BasePolicy):
         self.time_embed_dim = time_embed_dim
         self.net_arch = [256, 256] if net_arch is None else net_arch
         self.activation_fn = activation_fn
+        self.value_head = bool(value_head)
 
         low = th.as_tensor(np.broadcast_to(action_space.low, action_space.shape).copy(), dtype=th.float32)
         high = th.as_tensor(np.broadcast_to(action_space.high, action_space.shape).copy(), dtype=th.float32)
@@ -147,10 +152,20 @@ class FlowPolicy(BasePolicy):
         in_dim = self.features_dim + flat_action + self.time_embed_dim
         self.velocity_net = nn.Sequential(*create_mlp(in_dim, flat_action, self.pi_arch, self.activation_fn))
         self._build_extra_heads()
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(self._optimizer_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _build_extra_heads(self) -> None:
-        """Hook for algorithms that add heads (e.g. a value head) before the optimizer is created."""
+        """Hook for heads beyond the velocity field, built before the optimizer (the opt-in value head)."""
+        if self.value_head:
+            self.value_net = nn.Sequential(*create_mlp(self.features_dim, 1, self.vf_arch, self.activation_fn))
+
+    def _optimizer_parameters(self):
+        """All parameters, or the ``"actor"`` and ``"critic"`` groups when there is a value head."""
+        if not self.value_head:
+            return self.parameters()
+        critic_ids = {id(p) for p in self.value_net.parameters()}
+        actor = [p for p in self.parameters() if id(p) not in critic_ids]
+        return [dict(params=actor, name="actor"), dict(params=list(self.value_net.parameters()), name="critic")]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -166,6 +181,7 @@ class FlowPolicy(BasePolicy):
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,
+                value_head=self.value_head,
                 lr_schedule=self._dummy_schedule,
             )
         )
@@ -213,6 +229,21 @@ class FlowPolicy(BasePolicy):
             noise_level=noise_level,
             stochastic_step=stochastic_step,
         )
+
+    # -------------------------------------------------------------------------------------------- value head
+    def value_from_features(self, features: th.Tensor) -> th.Tensor:
+        """``(B, 1)`` value estimates from encoded observations; the features are detached (the critic does not
+        train the encoder, ALGORITHM.md §4)."""
+        if not self.value_head:
+            raise AttributeError(
+                f"{type(self).__name__} has no value head: build the policy with value_head=True "
+                "(FlowPPO does this for you), e.g. policy_kwargs=dict(value_head=True)."
+            )
+        return self.value_net(features.detach().float())
+
+    def predict_values(self, obs: PyTorchObs) -> th.Tensor:
+        """SB3's ``predict_values``: the critic's ``(B, 1)`` value estimates of preprocessed observations."""
+        return self.value_from_features(self.encode(obs))
 
     # ------------------------------------------------------------------------------------ action conversion
     def executed(self, chunk: th.Tensor) -> th.Tensor:

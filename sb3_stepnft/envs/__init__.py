@@ -2,10 +2,16 @@
 
 import gymnasium as gym
 
+from sb3_stepnft.envs.grouped import make_grouped_vec_env
 from sb3_stepnft.envs.point_reach import PointReachEnv, collect_demonstrations
 
 POINT_REACH_ID = "sb3_stepnft/PointReach-v0"
 if POINT_REACH_ID not in gym.registry:
     gym.register(id=POINT_REACH_ID, entry_point="sb3_stepnft.envs.point_reach:PointReachEnv")
 
-__all__ = ["PointReachEnv", "collect_demonstrations", "POINT_REACH_ID"]
+__all__ = [
+    "PointReachEnv",
+    "collect_demonstrations",
+    "POINT_REACH_ID",
+    "make_grouped_vec_env",
+]

@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_stepnft.common.ema import EMAWeights, check_ema_decay, ema_decay_at
 from sb3_stepnft.common.flow import step_times
-from sb3_stepnft.common.on_policy import FinishedEpisode, FlowOnPolicyAlgorithm, check_positive
+from sb3_stepnft.common.on_policy import FinishedEpisode, FlowOnPolicyAlgorithm, NonFiniteLossError, check_positive
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.stepnft.loss import OBJECTIVES, TARGETS, stepnft_loss
 
@@ -22,10 +22,6 @@ SAMPLERS = ("sde", "ode")
 
 class MissingSuccessSignalError(ValueError):
     """``outcome="success"`` was requested but the env's final info carries no ``is_success``."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The StepNFT loss became NaN or infinite."""
 
 
 class StepNFT(FlowOnPolicyAlgorithm):
@@ -66,6 +62,8 @@ class StepNFT(FlowOnPolicyAlgorithm):
     :param device: Torch device.
     :param _init_setup_model: Whether to build the networks at construction.
     """
+
+    _exploration_hint = "Set `sampler` and `noise_level` instead."
 
     def __init__(
         self,
@@ -194,9 +192,11 @@ class StepNFT(FlowOnPolicyAlgorithm):
         return ema_decay_at(self.ema_iteration, self._ema_schedule_horizon, self.ema_decay)
 
     # ----------------------------------------------------------------------------------------------- rollout
-    def _rollout_context(self):
+    def _on_rollout_start(self) -> None:
         if self.ema_iteration == 0:
             self.ema.copy_from_student()  # picks up pretrain, set_parameters or a loaded student
+
+    def _rollout_context(self):
         return self.ema.swapped_into(self.policy)
 
     def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
@@ -210,7 +210,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         x_k, x_next, v_old = chain.transition(step_index)
         rows = self.policy.executed_rows
         record = dict(
-            x_k=x_k[:, :rows],
+            x_k=x_k,  # the whole model chunk: the velocity network reads all its rows
             x_next=x_next[:, :rows],
             v_old=v_old[:, :rows],
             x_final=chain.sample[:, :rows],  # raw solver state, before any clipping (terminal target)
@@ -292,12 +292,13 @@ class StepNFT(FlowOnPolicyAlgorithm):
         features = self.policy.encode(batch["obs"])  # student, train mode, with gradients (§3.6)
         step_index = batch["step_index"].long()
         t_k = step_times(step_index, self.num_denoise_steps)
-        v_theta = self.policy.velocity(batch["x_k"], t_k.to(self.device), features)[:, : self.policy.executed_rows]
+        rows = self.policy.executed_rows  # the errors run over the executed rows, all output dims (§3.3)
+        v_theta = self.policy.velocity(batch["x_k"], t_k.to(self.device), features)[:, :rows]
         target = batch["x_final"] if self.target == "terminal" else batch["x_next"]
         loss, stats = stepnft_loss(
             v_theta,
             batch["v_old"],
-            batch["x_k"],
+            batch["x_k"][:, :rows],
             target,
             step_index,
             batch["label"],

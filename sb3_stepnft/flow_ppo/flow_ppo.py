@@ -1,0 +1,195 @@
+"""Flow-SDE + PPO: the πRL actor-critic baseline for flow policies (ALGORITHM.md §4)."""
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+
+from sb3_stepnft.common.buffers import DecisionBuffer
+from sb3_stepnft.common.on_policy import check_positive
+from sb3_stepnft.common.policies import FlowPolicy
+from sb3_stepnft.common.policy_gradient import FlowPolicyGradient, check_schedule_or_positive
+from sb3_stepnft.common.surrogate import clipped_value_loss
+from sb3_stepnft.flow_ppo.gae import compute_gae
+
+ADVANTAGE_EPS = 1e-5  # πRL's advantage normalisation, over the whole rollout
+
+
+class FlowPPO(FlowPolicyGradient):
+    """PPO for flow-matching policies with Flow-SDE log-likelihoods (the πRL baseline "Flow-SDE + PPO").
+
+    Papers: "πRL: Online RL Fine-tuning for Flow-based Vision-Language-Action Models" (Chen et al.), the baseline
+    of "Wider Space Needs Finer Steps in Online RL for Flow-based VLAs" (Wang et al.); PPO: Schulman et al. (2017).
+    Rollouts are Euler chains with one Flow-SDE step j (shared by the env batch); ``log π`` of a chunk is the
+    Gaussian log-likelihood of that step. A critic on the detached observation features gives GAE advantages.
+
+    :param policy: The flow policy (``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"`` or a class); FlowPPO
+        builds it with its value head (``value_head=True``).
+    :param env: The environment (a Gymnasium env, a registered id or an SB3 VecEnv).
+    :param learning_rate: Learning rate of the actor (AdamW), or a schedule of the remaining progress.
+    :param n_steps: Env steps per env per rollout (one iteration).
+    :param batch_size: Minibatch size of the update.
+    :param n_epochs: Passes over the rollout per iteration.
+    :param gamma: Discount factor of GAE, per decision.
+    :param gae_lambda: λ of GAE.
+    :param num_denoise_steps: K, solver steps per chunk.
+    :param noise_level: ``a``, the noise level of the one Flow-SDE step of the rollouts (πRL: 0.5).
+    :param clip_range: ε of the clipped surrogate (or a schedule).
+    :param clip_range_vf: Clip of the value change around the rollout's estimate (or a schedule); None disables it.
+    :param vf_coef: Weight of the critic loss.
+    :param vf_huber_delta: δ of the Huber critic loss.
+    :param critic_learning_rate: Learning rate of the critic (or a schedule); None: the same as ``learning_rate``.
+    :param max_grad_norm: Gradient-norm clip (actor and critic together, as SB3's PPO).
+    :param stats_window_size: Episodes averaged in the rollout logs.
+    :param tensorboard_log: TensorBoard log directory (None: no logging).
+    :param policy_kwargs: Keyword arguments of the policy (``net_arch=dict(pi=[...], vf=[...])``, ...).
+    :param verbose: 0 none, 1 info, 2 debug.
+    :param seed: Seed of the random generators.
+    :param device: Torch device.
+    :param _init_setup_model: Whether to build the networks at construction.
+    """
+
+    def __init__(
+        self,
+        policy: str | type[FlowPolicy],
+        env: GymEnv | str | None,
+        learning_rate: float | Schedule = 1e-4,
+        n_steps: int = 128,
+        batch_size: int = 256,
+        n_epochs: int = 8,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        num_denoise_steps: int = 4,
+        noise_level: float = 0.5,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = 0.2,
+        vf_coef: float = 1.0,
+        vf_huber_delta: float = 10.0,
+        critic_learning_rate: float | Schedule | None = None,
+        max_grad_norm: float = 1.0,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        monitor_wrapper: bool = True,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        if not 0.0 <= gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {gae_lambda!r}")
+        if clip_range_vf is not None:
+            check_schedule_or_positive("clip_range_vf", clip_range_vf)
+        if critic_learning_rate is not None:
+            check_schedule_or_positive("critic_learning_rate", critic_learning_rate)
+        check_positive("vf_coef", vf_coef, allow_zero=True)
+        check_positive("vf_huber_delta", vf_huber_delta)
+        if (policy_kwargs or {}).get("value_head", True) is False:
+            raise ValueError("FlowPPO trains a critic on the policy's value head: remove value_head=False from policy_kwargs")
+        self.clip_range_vf = clip_range_vf
+        self.vf_huber_delta = float(vf_huber_delta)
+        self.critic_learning_rate = critic_learning_rate
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            num_denoise_steps=num_denoise_steps,
+            noise_level=noise_level,
+            clip_range=clip_range,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            monitor_wrapper=monitor_wrapper,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        # None: the critic follows learning_rate's schedule; otherwise its own (§4, two AdamW groups).
+        self.critic_lr_schedule = (
+            self.lr_schedule if self.critic_learning_rate is None else FloatSchedule(self.critic_learning_rate)
+        )
+
+    def _policy_kwargs(self) -> dict[str, Any]:
+        return {**super()._policy_kwargs(), "value_head": True}
+
+    def _update_learning_rate(self, optimizers) -> None:
+        """Each optimiser group follows its own schedule: ``"actor"`` ``learning_rate``, ``"critic"``
+        ``critic_learning_rate``; both are logged."""
+        actor_lr = self.lr_schedule(self._current_progress_remaining)
+        critic_lr = self.critic_lr_schedule(self._current_progress_remaining)
+        self.logger.record("train/learning_rate", actor_lr)
+        self.logger.record("train/critic_learning_rate", critic_lr)
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = critic_lr if group.get("name") == "critic" else actor_lr
+
+    # ----------------------------------------------------------------------------------------------- rollout
+    def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        features = self.policy.encode(obs_tensor)
+        chunk, record = self._sample_hybrid(features)
+        record["value"] = self.policy.value_from_features(features).flatten()
+        return chunk, record
+
+    def _step_outcome(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The decision's reward (a chunk's rewards are already summed by ``ActionChunk``), bootstrapped with
+        ``γ·V(terminal observation)`` at a time-limit truncation as SB3's PPO does, and whether the episode ended."""
+        rewards = np.array(rewards, dtype=np.float32, copy=True)  # callbacks still see the env's rewards
+        for index, done in enumerate(dones):
+            info = infos[index]
+            if done and info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                terminal_obs = self.policy.obs_to_tensor(info["terminal_observation"])[0]
+                rewards[index] += self.gamma * float(self.policy.predict_values(terminal_obs)[0].item())
+        return dict(reward=rewards, done=np.asarray(dones, dtype=bool))
+
+    def _label_rollout(self, rollout_buffer: DecisionBuffer) -> None:
+        """GAE advantages for every decision of the rollout: FlowPPO never keeps decisions pending."""
+        steps = rollout_buffer.rollout_steps()
+        with th.no_grad():
+            last_values = self.policy.predict_values(obs_as_tensor(self._last_obs, self.device)).flatten().cpu().numpy()
+        advantages, returns = compute_gae(
+            steps["reward"], steps["value"], steps["done"], last_values, self.gamma, self.gae_lambda
+        )
+        rollout_buffer.label_steps(advantages, returns=returns)
+        self._finished_episodes = []  # episode outcomes are not labels here
+
+    # ------------------------------------------------------------------------------------------------- train
+    def _training_data(self) -> dict[str, Any] | None:
+        data = self.rollout_buffer.pop_labelled()
+        if data is not None:
+            # Normalised over the whole rollout, not per minibatch (πRL: population std + 1e-5); returns are not.
+            advantages = data["label"].astype(np.float64)
+            data["label"] = ((advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_EPS)).astype(np.float32)
+        return data
+
+    def _extra_loss(self, batch: dict[str, Any], features: th.Tensor, stats: dict[str, float]) -> th.Tensor:
+        values = self.policy.value_from_features(features).flatten()  # features detached inside: no encoder gradient
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+        value_loss = clipped_value_loss(values, batch["value"], batch["returns"], clip_range_vf, self.vf_huber_delta)
+        stats["value_loss"] = float(value_loss.item())
+        return self.vf_coef * value_loss
+
+    def _log_training(self, data: dict[str, Any] | None) -> None:
+        if data is not None:
+            self.logger.record("train/explained_variance", float(explained_variance(data["value"], data["returns"])))
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", self.clip_range_vf(self._current_progress_remaining))

@@ -1,0 +1,38 @@
+"""Generalised advantage estimation over decisions (ALGORITHM.md §4, FlowPPO), as a pure function of arrays."""
+
+import numpy as np
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """GAE(γ, λ) of a rollout, SB3's convention: cut where an episode ended, bootstrapped through the reward at a
+    time-limit truncation.
+
+    :param rewards: ``(T, N)`` reward of each decision (a chunk's rewards summed); at a truncation it already
+        includes ``γ·V(terminal observation)``, as SB3's PPO adds it.
+    :param values: ``(T, N)`` value estimates ``V(s_t)`` of the observations the decisions were taken in.
+    :param dones: ``(T, N)`` whether the episode ended with decision t (termination or truncation).
+    :param last_values: ``(N,)`` ``V`` of the observations after the last decision.
+    :return: ``(advantages, returns)``, both ``(T, N)`` float32, ``returns = advantages + values``.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    dones = np.asarray(dones, dtype=bool)
+    if not rewards.shape == values.shape == dones.shape:
+        raise ValueError(f"rewards, values and dones must have one shape, got {rewards.shape}, {values.shape}, {dones.shape}")
+    advantages = np.zeros_like(rewards)
+    next_values = np.asarray(last_values, dtype=np.float64).reshape(rewards.shape[1:])
+    running = np.zeros(rewards.shape[1:])
+    for t in reversed(range(len(rewards))):
+        non_terminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * non_terminal - values[t]
+        running = delta + gamma * gae_lambda * non_terminal * running
+        advantages[t] = running
+        next_values = values[t]
+    return advantages.astype(np.float32), (advantages + values).astype(np.float32)

@@ -1,0 +1,191 @@
+"""FlowPPO mechanics (ALGORITHM.md §4): log-likelihood, GAE, critic, optimiser groups, learning."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_stepnft import FlowPPO
+from sb3_stepnft.common.evaluation import evaluate_success
+from sb3_stepnft.common.flow import sde_coefficients
+from sb3_stepnft.common.surrogate import chunk_log_prob, clipped_surrogate_loss, clipped_value_loss, sde_step_row_log_prob
+from sb3_stepnft.envs import PointReachEnv, collect_demonstrations
+from sb3_stepnft.flow_ppo import compute_gae
+from sb3_stepnft.sft import pretrain
+from tests.helpers import ImageReachEnv, point_reach_vec
+
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1, policy_kwargs=dict(net_arch=[32, 32]))
+LEARNING_SEEDS = (0, 1)
+LEARNING_MARGIN = 0.2
+
+
+class CountEnv(gym.Env):
+    """obs = (step,); reward 1 per step; ``length`` steps, then termination (``terminate=True``) or a time-limit
+    truncation (with the terminal observation, as SB3's VecEnvs pass it)."""
+
+    def __init__(self, length=3, terminate=True):
+        self.length, self.terminate = length, terminate
+        self.observation_space = spaces.Box(0, 100, (1,), np.float32)
+        self.action_space = spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= self.length
+        return np.array([self.t], np.float32), 1.0, end and self.terminate, end and not self.terminate, {}
+
+
+def test_gae_hand_computed_termination_cut_and_truncation_bootstrap():
+    gamma, lam = 0.9, 0.8
+    # env 0: the episode terminates with decision 1 (no bootstrap: the cut).
+    # env 1: the episode is truncated with decision 1, V(terminal obs) = 0.7 enters the reward as SB3 adds it.
+    rewards = np.array([[1.0, 0.0], [0.0, 0.0 + gamma * 0.7], [1.0, 0.0]])
+    values = np.array([[0.5, 0.1], [0.2, 0.3], [0.4, 0.2]])
+    dones = np.array([[False, False], [True, True], [False, False]])
+    last_values = np.array([0.6, 0.0])
+    advantages, returns = compute_gae(rewards, values, dones, last_values, gamma, lam)
+    # env 0: δ2 = 1 + .9·.6 - .4 = 1.14; δ1 = 0 - .2 (cut); A0 = (1 + .9·.2 - .5) + .9·.8·(-.2) = .536
+    # env 1: δ2 = -.2; δ1 = .63 - .3 = .33; A0 = (0 + .9·.3 - .1) + .72·.33 = .4076
+    expected = np.array([[0.536, 0.4076], [-0.2, 0.33], [1.14, -0.2]])
+    assert np.allclose(advantages, expected, atol=1e-6)
+    assert np.allclose(returns, expected + values, atol=1e-6)
+
+
+@pytest.mark.parametrize("terminate", [True, False])
+def test_rollout_rewards_bootstrap_at_truncation_only(terminate):
+    model = FlowPPO("MlpPolicy", DummyVecEnv([lambda: CountEnv(3, terminate)]), seed=0, **{**SMALL, "n_steps": 6})
+    captured = {}
+    original = model._label_rollout
+
+    def spy(buffer):
+        captured["steps"] = buffer.rollout_steps()
+        with th.no_grad():
+            captured["terminal_value"] = model.policy.predict_values(th.tensor([[3.0]])).item()
+            captured["values"] = model.policy.predict_values(th.tensor([[0.0], [1.0], [2.0]])).flatten().numpy()
+        original(buffer)
+
+    model._label_rollout = spy
+    data = []
+    original_pop = model.rollout_buffer.pop_labelled
+    model.rollout_buffer.pop_labelled = lambda: data.append(original_pop()) or data[-1]
+    model.learn(6)
+    steps = captured["steps"]
+    assert steps["done"][:, 0].tolist() == [False, False, True] * 2
+    bootstrap = 0.0 if terminate else model.gamma * captured["terminal_value"]
+    assert np.allclose(steps["reward"][:, 0], [1, 1, 1 + bootstrap] * 2, atol=1e-6)
+    assert np.allclose(steps["value"][:, 0], np.tile(captured["values"], 2), atol=1e-6)
+    advantages, returns = compute_gae(steps["reward"], steps["value"], steps["done"], captured["values"][:1], 0.99, 0.95)
+    assert np.allclose(data[0]["returns"], returns[:, 0], atol=1e-6)
+    normalised = (advantages[:, 0] - advantages.mean()) / (advantages.std() + 1e-5)
+    assert np.allclose(data[0]["label"], normalised, atol=1e-5)  # whole-rollout normalisation; returns are not
+
+
+def test_chunk_log_likelihood_matches_gaussian_formula():
+    th.manual_seed(0)
+    x_k, velocity, noise = th.randn(3, 2, 4), th.randn(3, 2, 4), th.randn(3, 2, 4)
+    step = th.tensor([0, 2, 3])
+    coef_x, coef_v, std = sde_coefficients(step, 4, 0.5)
+    mean = coef_x[:, None, None] * x_k + coef_v[:, None, None] * velocity
+    x_next = mean + std[:, None, None] * noise
+    rows = sde_step_row_log_prob(x_k, velocity, x_next, step, 4, 0.5)
+    expected = (-0.5 * noise**2 - th.log(std)[:, None, None] - 0.5 * np.log(2 * np.pi)).sum(-1)
+    assert th.allclose(rows, expected, atol=1e-5)
+    mask = th.tensor([[True, True], [True, False], [False, False]])
+    assert th.allclose(chunk_log_prob(rows, mask), (rows * mask).sum(-1))
+
+
+def test_clipped_surrogate_and_value_loss():
+    advantages = th.tensor([1.0, -1.0, 1.0])
+    old = th.zeros(3)
+    new = th.log(th.tensor([1.5, 1.5, 0.9]))
+    loss, stats = clipped_surrogate_loss(new, old, advantages, 0.2)
+    assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.9) / 3)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+    values, old_values, returns = th.tensor([1.0, 30.0]), th.tensor([0.0, 29.0]), th.tensor([0.5, 0.0])
+    # unclipped Huber(δ=10): .125, 10·(30 - 5) = 250; clipped values (.2, 29.2): .045, 10·(29.2 - 5) = 242
+    assert clipped_value_loss(values, old_values, returns, 0.2, 10.0).item() == pytest.approx((0.125 + 250) / 2)
+    assert clipped_value_loss(values, old_values, returns, None, 10.0).item() == pytest.approx((0.125 + 250) / 2)
+    # V moved from 0 to 1 towards R = 2: the clipped prediction 0.2 errs by 1.8, and the max keeps its loss (πRL)
+    values, old_values, returns = th.tensor([1.0]), th.tensor([0.0]), th.tensor([2.0])
+    assert clipped_value_loss(values, old_values, returns, 0.2, 10.0).item() == pytest.approx(0.5 * 1.8**2)
+    assert clipped_value_loss(values, old_values, returns, None, 10.0).item() == pytest.approx(0.5)
+
+
+def test_value_head_is_detached_from_actor_and_encoder():
+    model = FlowPPO("CnnPolicy", make_vec_env(ImageReachEnv, n_envs=1), seed=0, n_steps=8, batch_size=8)
+    policy = model.policy
+    obs = policy.obs_to_tensor(model.env.reset())[0]
+    policy.predict_values(obs).sum().backward()
+    assert all(p.grad is None for p in policy.features_extractor.parameters())
+    assert all(p.grad is None for p in policy.velocity_net.parameters())
+    assert all(p.grad is not None for p in policy.value_net.parameters())
+
+
+def test_two_optimizer_groups_with_their_own_schedules():
+    schedule = lambda progress: 1e-4 * progress  # noqa: E731
+    model = FlowPPO("MlpPolicy", point_reach_vec(), seed=0, learning_rate=schedule, critic_learning_rate=2e-3, **SMALL)
+    groups = {g["name"]: g for g in model.policy.optimizer.param_groups}
+    assert set(groups) == {"actor", "critic"}
+    critic_ids = {id(p) for p in model.policy.value_net.parameters()}
+    assert {id(p) for p in groups["critic"]["params"]} == critic_ids
+    assert not critic_ids & {id(p) for p in groups["actor"]["params"]}
+    model.learn(64)
+    progress = model._current_progress_remaining
+    assert groups["actor"]["lr"] == pytest.approx(1e-4 * progress) and groups["critic"]["lr"] == 2e-3
+    assert model.logger.name_to_value["train/critic_learning_rate"] == 2e-3
+    follows = FlowPPO("MlpPolicy", point_reach_vec(), seed=0, learning_rate=3e-4, **SMALL).learn(32)
+    assert [g["lr"] for g in follows.policy.optimizer.param_groups] == [3e-4, 3e-4]
+
+
+def test_nothing_stays_pending():
+    model = FlowPPO("MlpPolicy", point_reach_vec(), seed=0, **SMALL)
+    model.learn(64)
+    assert model.rollout_buffer.n_pending == 0 and model.rollout_buffer.n_labelled == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gae_lambda=1.5), "gae_lambda"),
+        (dict(gamma=0.0), "gamma"),
+        (dict(clip_range_vf=0.0), "clip_range_vf"),
+        (dict(vf_huber_delta=0.0), "vf_huber_delta"),
+        (dict(critic_learning_rate=-1.0), "critic_learning_rate"),
+        (dict(vf_coef=-1.0), "vf_coef"),
+        (dict(policy_kwargs=dict(value_head=False)), "value_head"),
+    ],
+)
+def test_invalid_ppo_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FlowPPO("MlpPolicy", point_reach_vec(n_envs=1), **kwargs)
+
+
+def test_clip_range_vf_none_disables_value_clipping():
+    model = FlowPPO("MlpPolicy", point_reach_vec(), seed=0, clip_range_vf=None, **SMALL)
+    model.learn(64)
+    assert "train/clip_range_vf" not in model.logger.name_to_value
+
+
+def test_default_flowppo_beats_its_pretrained_policy():
+    """Default FlowPPO raises the success of a pretrained flow policy within a test-sized budget (30k env steps).
+
+    Measured gains at this budget: +0.49 to +0.52 per seed (benchmarks/results/baselines_sweep_30k.md).
+    """
+    before, after = [], []
+    for seed in LEARNING_SEEDS:
+        demos, _ = collect_demonstrations(40, seed=seed)
+        model = FlowPPO("MlpPolicy", make_vec_env(PointReachEnv, n_envs=8, seed=seed), seed=seed)
+        pretrain(model, demos, seed=seed)
+        eval_env = make_vec_env(PointReachEnv, n_envs=1)
+        before.append(evaluate_success(model, eval_env, n_eval_episodes=100, seed=100 + seed)["success_rate"])
+        model.learn(total_timesteps=30_000)
+        after.append(evaluate_success(model, eval_env, n_eval_episodes=100, seed=100 + seed)["success_rate"])
+    print(f"success before {before}, after {after}")
+    assert np.mean(after) >= np.mean(before) + LEARNING_MARGIN, (before, after)
