@@ -13,6 +13,7 @@ import argparse
 import csv
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -48,11 +49,13 @@ def run(algo: str, seed: int, steps: int, eval_every: int, n_eval: int, demos) -
         model = StepNFT("MlpPolicy", env, seed=seed)
         pretrain(model, demos, seed=seed)
     else:
-        model = PPO("MlpPolicy", env, seed=seed)
+        model = PPO("MlpPolicy", env, seed=seed)  # SB3's defaults (n_steps=2048: it may overshoot the budget)
     eval_env = make_vec_env(PointReachEnv, n_envs=1, seed=10_000 + seed)
+    log_dir = tempfile.mkdtemp(prefix="demo_eval_")  # EvalCallback records its curve only with a log_path
     callback = EvalCallback(
-        eval_env, eval_freq=max(1, eval_every // N_ENVS), n_eval_episodes=n_eval, deterministic=False, verbose=0
-    )
+        eval_env, eval_freq=max(1, eval_every // N_ENVS), n_eval_episodes=n_eval, deterministic=False, verbose=0,
+        log_path=log_dir,
+    )  # fmt: skip
     steps_axis, curve = [0], [success_rate(model, 10_000 + seed, n_eval)]
     start = time.time()
     model.learn(steps, callback=callback)
