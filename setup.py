@@ -7,8 +7,13 @@ with open(os.path.join(os.path.dirname(__file__), "README.md"), encoding="utf-8"
 
 extras = {
     "vla": ["transformers>=5.0,<6"],
-    "maniskill": ["mani-skill>=3.0.1,<3.1"],
-    "libero": ["robosuite==1.4.0", "bddl", "mujoco==3.9.0"],
+    # mani-skill pins mplib==0.1.1 itself; its motion planner needs numpy<2, which sb3_stepnft.envs.maniskill_demos
+    # isolates in a small overlay venv instead of pinning it here (docs/environments.md).
+    "maniskill": ["mani-skill==3.0.1", "h5py"],
+    # What libero.libero (benchmark + envs) imports. LIBERO itself is installed with `pip install --no-deps
+    # libero==0.1.1` (scripts/install_sim.sh): its full requirements pull robomimic -> torchvision -> a second torch.
+    # mujoco>=3.10 breaks robosuite 1.4.0.
+    "libero": ["robosuite==1.4.0", "bddl==1.0.1", "mujoco==3.9.0", "easydict", "termcolor", "pyyaml", "Pillow", "future"],
     "dev": ["pytest", "pytest-xdist", "tensorboard", "ruff", "black", "sb3-contrib>=2.9.2,<3"],
 }
 extras["all"] = sorted({req for reqs in extras.values() for req in reqs})

@@ -3,6 +3,8 @@
 import gymnasium as gym
 
 from sb3_stepnft.envs.grouped import make_grouped_vec_env
+from sb3_stepnft.envs.libero import evaluate_libero, make_libero_env
+from sb3_stepnft.envs.maniskill import make_maniskill_env
 from sb3_stepnft.envs.point_reach import PointReachEnv, collect_demonstrations
 
 POINT_REACH_ID = "sb3_stepnft/PointReach-v0"
@@ -14,4 +16,7 @@ __all__ = [
     "collect_demonstrations",
     "POINT_REACH_ID",
     "make_grouped_vec_env",
+    "make_maniskill_env",
+    "make_libero_env",
+    "evaluate_libero",
 ]

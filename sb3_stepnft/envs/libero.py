@@ -1,0 +1,511 @@
+"""LIBERO adapter: a gymnasium env over LIBERO's offscreen env, and the standard evaluation protocol.
+
+``libero`` (PyPI 0.1.1) is imported inside the functions. Before its first import this module writes
+``$LIBERO_CONFIG_PATH/config.yaml`` (LIBERO otherwise prompts on stdin), selects EGL for offscreen rendering unless
+``MUJOCO_GL`` is set, and points LIBERO at its assets: LIBERO's own when present, otherwise the offline bundle from
+``../shared/data`` (unpacked once; 30 large visual files are absent from it, see docs/environments.md).
+
+    python -c "from sb3_stepnft.envs.libero import setup_libero; setup_libero()"   # config + assets (install_sim.sh)
+"""
+
+import argparse
+import importlib.util
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+
+from sb3_stepnft.envs.sim_utils import INSTALL_HINT, import_simulator, shared_data_dir
+from sb3_stepnft.wrappers import ActionChunk
+
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+#: Step limits of the standard evaluation protocol (OpenVLA / openpi LIBERO evaluation), in env steps at 20 Hz,
+#: counted after the settle steps.
+LIBERO_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+#: No-op steps after setting the initial state, so that objects settle (the protocol's ``num_steps_wait``).
+SETTLE_STEPS = 10
+#: The settle action: no motion, gripper open.
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+BUNDLE_NAME = "libero-assets-8f1084e"
+#: Written into an assets folder unpacked from the offline bundle; lists the files the bundle lacks.
+BUNDLE_MARKER = ".sb3_stepnft_bundle_missing.txt"
+_CONFIG_HEADER = "# written by sb3_stepnft.envs.libero.ensure_libero_config\n"
+_ASSET_SUBDIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_objects", "stable_hope_objects", "scenes")
+
+
+# ------------------------------------------------------------------------------------------- configuration and assets
+def libero_package_dir() -> Path:
+    """``.../site-packages/libero/libero`` (found without importing it: its import prompts without a config)."""
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            'LIBERO is not installed. Install `pip install "sb3-stepnft[libero]"` and then `pip install --no-deps '
+            f"libero==0.1.1` (its own requirements would replace torch), or run `{INSTALL_HINT}`."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "libero"
+
+
+def libero_config_file() -> Path:
+    """``$LIBERO_CONFIG_PATH/config.yaml`` (LIBERO's default ``~/.libero``)."""
+    return Path(os.environ.get("LIBERO_CONFIG_PATH", "~/.libero")).expanduser() / "config.yaml"
+
+
+def ensure_libero_config() -> Path:
+    """Write LIBERO's ``config.yaml`` so that ``import libero.libero`` never prompts on stdin.
+
+    Written when missing, when its folders do not exist (left by a deleted venv), or when this function wrote it for
+    another LIBERO installation; a valid config written by someone else is left as it is.
+    """
+    import yaml
+
+    root = libero_package_dir()
+    config_file = libero_config_file()
+    config: dict[str, Any] = {}
+    if config_file.exists():
+        text = config_file.read_text()
+        try:
+            config = dict(yaml.safe_load(text) or {})
+        except (yaml.YAMLError, TypeError, ValueError):
+            config = {}
+        valid = all(Path(str(config.get(key, ""))).is_dir() for key in ("benchmark_root", "bddl_files", "init_states"))
+        ours_elsewhere = text.startswith(_CONFIG_HEADER) and config.get("benchmark_root") != str(root)
+        if valid and not ours_elsewhere:
+            return config_file
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    new = {
+        "benchmark_root": str(root),
+        "bddl_files": str(root / "bddl_files"),
+        "init_states": str(root / "init_files"),
+        "datasets": str(config.get("datasets") or config_file.parent / "datasets"),
+        "assets": str(root / "assets"),
+    }
+    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(_CONFIG_HEADER + yaml.safe_dump(new))
+    os.replace(tmp, config_file)  # atomic: parallel test workers never read a half-written file
+    return config_file
+
+
+def _complete(assets: Path) -> bool:
+    return all((assets / sub).is_dir() for sub in _ASSET_SUBDIRS[:4])
+
+
+def find_bundle() -> Path | None:
+    """The offline asset bundle: ``$SB3_STEPNFT_LIBERO_BUNDLE``, else ``<shared data>/libero-assets-*.tar.zst``."""
+    if os.environ.get("SB3_STEPNFT_LIBERO_BUNDLE"):
+        return Path(os.environ["SB3_STEPNFT_LIBERO_BUNDLE"]).expanduser()
+    candidates = sorted(shared_data_dir().glob("libero-assets-*.tar.zst"))
+    return candidates[-1] if candidates else None
+
+
+def install_libero_assets(bundle: str | os.PathLike | None = None, parent: str | os.PathLike | None = None) -> Path:
+    """Unpack the offline bundle as ``<parent>/assets`` (default parent: LIBERO's package folder, where LIBERO looks).
+
+    The bundle (LIBERO commit 8f1084e, ``../shared/data``) lacks 30 large visual files; they are listed in
+    ``<assets>/.sb3_stepnft_bundle_missing.txt``. Collision geometry is complete, so physics and success checks are
+    exact, but LIBERO cannot build a scene that references a missing visual: get LIBERO's complete assets for real use.
+
+    :return: The assets folder.
+    """
+    bundle = Path(bundle) if bundle is not None else find_bundle()
+    if bundle is None or not bundle.exists():
+        raise FileNotFoundError(f"No LIBERO asset bundle found (looked for {shared_data_dir()}/libero-assets-*.tar.zst)")
+    parent = Path(parent) if parent is not None else libero_package_dir()
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        decompress = subprocess.Popen(["zstd", "-dc", str(bundle)], stdout=subprocess.PIPE)
+    except FileNotFoundError as error:
+        raise FileNotFoundError("Unpacking the LIBERO bundle needs the zstd program: apt-get install zstd") from error
+    untar = subprocess.run(["tar", "xf", "-", "-C", str(parent)], stdin=decompress.stdout, capture_output=True)
+    decompress.stdout.close()
+    if decompress.wait() != 0 or untar.returncode != 0:
+        raise RuntimeError(f"Unpacking {bundle} into {parent} failed: {untar.stderr.decode()[-1000:]}")
+    assets = parent / "assets"
+    missing_list = bundle.with_name(bundle.name.replace(".tar.zst", ".MISSING.txt"))
+    missing = missing_list.read_text().split() if missing_list.exists() else []
+    (assets / BUNDLE_MARKER).write_text("".join(f"{line.removeprefix('assets/')}\n" for line in missing))
+    return assets
+
+
+def bundle_missing_files(assets: str | os.PathLike) -> list[str]:
+    """Files the offline bundle lacks that are still absent from ``assets`` (empty for LIBERO's own assets)."""
+    marker = Path(assets) / BUNDLE_MARKER
+    if not marker.exists():
+        return []
+    return [line for line in marker.read_text().split() if not (Path(assets) / line).exists()]
+
+
+def resolve_libero_assets(assets_path: str | os.PathLike | None = None, unpack: bool = True) -> Path:
+    """The assets folder to use: ``assets_path``, ``$SB3_STEPNFT_LIBERO_ASSETS``, LIBERO's own (``<libero
+    package>/assets`` or ``~/.cache/libero/assets``), else the offline bundle unpacked to LIBERO's location."""
+    explicit = assets_path or os.environ.get("SB3_STEPNFT_LIBERO_ASSETS")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _complete(path):
+            raise FileNotFoundError(f"{path} is not a LIBERO assets folder (it needs {', '.join(_ASSET_SUBDIRS)})")
+        return path
+    for candidate in (libero_package_dir() / "assets", Path("~/.cache/libero/assets").expanduser()):
+        if _complete(candidate):
+            return candidate
+    if unpack and find_bundle() is not None:
+        return install_libero_assets()
+    raise FileNotFoundError(
+        "LIBERO's scene and object assets are not installed (the PyPI package does not ship them and downloads them "
+        'from the Hugging Face hub on first use). Fixes: where a network is available, run `python -c "from '
+        'libero.libero.utils.download_utils import download_assets_from_huggingface as d; d()"`; or copy the '
+        f"`libero/libero/assets` folder of a LIBERO checkout to {libero_package_dir() / 'assets'}; or pass "
+        f"assets_path=...; or put the offline bundle in {shared_data_dir()} and run `{INSTALL_HINT}`."
+    )
+
+
+def import_libero(assets_path: str | os.PathLike | None = None):
+    """Import ``libero.libero`` non-interactively (config, EGL, assets) and return it."""
+    import_simulator("robosuite", "libero")
+    ensure_libero_config()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    libero = import_simulator("libero.libero", "libero")
+    libero._assets_path_cache = str(resolve_libero_assets(assets_path))  # what libero.libero.get_assets_path() returns
+    return libero
+
+
+def _missing_asset_error(error: Exception, assets: str) -> Exception:
+    missing = bundle_missing_files(assets)
+    return FileNotFoundError(
+        f"LIBERO could not build the scene: {error}. The assets in {assets} come from the offline bundle, which lacks "
+        f"{len(missing)} large visual files (listed in {Path(assets) / BUNDLE_MARKER}). Get LIBERO's complete assets "
+        '(with a network: `python -c "from libero.libero.utils.download_utils import download_assets_from_huggingface '
+        'as d; d()"`, then pass assets_path=~/.cache/libero/assets) or copy them from a LIBERO checkout. Test set-ups '
+        "may fill the missing files with placeholders (tests/test_libero.py), at the price of wrong-looking objects."
+    )
+
+
+def _quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """Axis-angle of an (x, y, z, w) quaternion (robosuite's convention), as in the openpi LIBERO client."""
+    quat = np.asarray(quat, dtype=np.float64).copy()
+    quat[3] = np.clip(quat[3], -1.0, 1.0)
+    den = np.sqrt(1.0 - quat[3] * quat[3])
+    if np.isclose(den, 0.0):
+        return np.zeros(3)
+    return quat[:3] * 2.0 * np.arccos(quat[3]) / den
+
+
+# --------------------------------------------------------------------------------------------------------- the env
+class LiberoEnv(gym.Env):
+    """One LIBERO task as a gymnasium env (Panda, OSC_POSE delta control at 20 Hz).
+
+    - Observation (Dict): ``state`` (8, float32: end-effector position, axis-angle, gripper joint positions: the
+      π0/openpi LIBERO state), and with cameras ``agentview_image`` and ``wrist_image`` (``camera_size`` px, uint8
+      HWC, rotated by 180° as in the OpenVLA/openpi protocol: LIBERO renders upside down).
+    - Action: Box(-1, 1, (7,)): end-effector delta position and rotation, gripper (-1 open, +1 close).
+    - Reset: LIBERO's reset, then one of the task's fixed initial states, then ``settle_steps`` no-op steps (not
+      counted). Initial states are cycled through ``init_state_ids`` in order; a reset ``seed`` selects the position
+      in the cycle (``seed mod len(init_state_ids)``); ``options={"init_state_id": k}`` picks state k directly.
+    - Success: LIBERO's ``check_success()`` (BDDL goal), as ``info["is_success"]``; the episode terminates there
+      (reward 1) and is truncated after ``max_episode_steps`` env steps. ``info["instruction"]`` is the task's language.
+
+    :param suite: ``"libero_spatial"``, ``"libero_object"``, ``"libero_goal"``, ``"libero_10"`` or ``"libero_90"``.
+    :param task_id: Task index in the suite.
+    :param camera_size: Image size of both cameras; None: no cameras and no renderer (physics only, ~10x faster).
+    :param init_state_ids: Initial states to cycle through (default: all of the task's, usually 50).
+    :param seed: Initial position in the cycle (as a reset seed).
+    :param max_episode_steps: Default :data:`LIBERO_MAX_STEPS` of the suite.
+    :param settle_steps: No-op steps after setting the initial state.
+    :param assets_path: LIBERO assets folder (default: :func:`resolve_libero_assets`).
+    :param env_kwargs: Further keyword arguments of LIBERO's ``OffScreenRenderEnv``/``ControlEnv``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        suite: str,
+        task_id: int,
+        camera_size: int | None = 128,
+        init_state_ids: Sequence[int] | None = None,
+        seed: int | None = None,
+        max_episode_steps: int | None = None,
+        settle_steps: int = SETTLE_STEPS,
+        assets_path: str | os.PathLike | None = None,
+        render_mode: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if suite not in LIBERO_SUITES:
+            raise ValueError(f"Unknown LIBERO suite {suite!r}: use one of {LIBERO_SUITES}")
+        libero = import_libero(assets_path)
+        self._assets = libero._assets_path_cache
+        from libero.libero import benchmark
+        from libero.libero.envs.env_wrapper import ControlEnv, OffScreenRenderEnv
+
+        task_suite = benchmark.get_benchmark_dict()[suite]()
+        if not 0 <= int(task_id) < task_suite.n_tasks:
+            raise ValueError(f"task_id must be in [0, {task_suite.n_tasks - 1}] for {suite}, got {task_id!r}")
+        task = task_suite.get_task(int(task_id))
+        self.suite, self.task_id, self.task_name, self.instruction = suite, int(task_id), task.name, task.language
+        self.init_states = np.asarray(task_suite.get_task_init_states(int(task_id)))
+        ids = list(range(len(self.init_states))) if init_state_ids is None else [int(i) for i in init_state_ids]
+        if not ids or any(not 0 <= i < len(self.init_states) for i in ids):
+            raise ValueError(f"init_state_ids must be non-empty indices in [0, {len(self.init_states) - 1}], got {ids}")
+        self.init_state_ids = ids
+        self.max_episode_steps = int(max_episode_steps or LIBERO_MAX_STEPS[suite])
+        self.settle_steps = int(settle_steps)
+        self.camera_size = camera_size
+        self.render_mode = render_mode
+        bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        kwargs: dict[str, Any] = dict(bddl_file_name=bddl, **(env_kwargs or {}))
+        try:
+            if camera_size is None:
+                self._env = ControlEnv(use_camera_obs=False, has_offscreen_renderer=False, **kwargs)
+            else:
+                kwargs.update(camera_heights=int(camera_size), camera_widths=int(camera_size))
+                self._env = OffScreenRenderEnv(**kwargs)
+        except ValueError as error:
+            if "Error opening file" in str(error):
+                raise _missing_asset_error(error, self._assets) from error
+            raise
+        obs_spaces: dict[str, spaces.Space] = {"state": spaces.Box(-np.inf, np.inf, (8,), np.float32)}
+        if camera_size is not None:
+            image = spaces.Box(0, 255, (int(camera_size), int(camera_size), 3), np.uint8)
+            obs_spaces.update(agentview_image=image, wrist_image=image)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self._cursor = 0 if seed is None else int(seed) % len(ids)
+        self._steps = 0
+        self._last_raw: dict[str, Any] | None = None
+        self.init_state_id: int | None = None
+
+    def _obs(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        self._last_raw = raw
+        state = np.concatenate([raw["robot0_eef_pos"], _quat2axisangle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]])
+        obs = {"state": state.astype(np.float32)}
+        if self.camera_size is not None:
+            obs["agentview_image"] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
+            obs["wrist_image"] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
+        return obs
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"is_success": success, "instruction": self.instruction, "init_state_id": self.init_state_id}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._cursor = int(seed) % len(self.init_state_ids)
+        if options and options.get("init_state_id") is not None:
+            state_id = int(options["init_state_id"])
+            if not 0 <= state_id < len(self.init_states):
+                raise ValueError(f"init_state_id must be in [0, {len(self.init_states) - 1}], got {state_id}")
+        else:
+            state_id = self.init_state_ids[self._cursor]
+            self._cursor = (self._cursor + 1) % len(self.init_state_ids)
+        import libero.libero
+
+        libero.libero._assets_path_cache = self._assets  # a hard reset reloads the scene files
+        self._env.reset()
+        raw = self._env.set_init_state(self.init_states[state_id])
+        for _ in range(self.settle_steps):
+            raw, _, _, _ = self._env.step(NOOP_ACTION)
+        self.init_state_id = state_id
+        self._steps = 0
+        return self._obs(raw), self._info(bool(self._env.check_success()))
+
+    def step(self, action: np.ndarray):
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(7), -1.0, 1.0)
+        raw, reward, _, _ = self._env.step(action)
+        self._steps += 1
+        success = bool(self._env.check_success())
+        truncated = not success and self._steps >= self.max_episode_steps
+        return self._obs(raw), float(reward), success, truncated, self._info(success)
+
+    def check_success(self) -> bool:
+        """LIBERO's BDDL goal check on the current state."""
+        return bool(self._env.check_success())
+
+    @property
+    def sim(self):
+        """The MuJoCo simulation (robosuite's ``MjSim``)."""
+        return self._env.sim
+
+    def render(self):
+        if self.render_mode == "rgb_array" and self._last_raw is not None and self.camera_size is not None:
+            return np.ascontiguousarray(self._last_raw["agentview_image"][::-1, ::-1])
+        return None
+
+    def close(self) -> None:
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+            self._env = None
+
+
+def make_libero_env(
+    suite: str,
+    task_id: int,
+    camera_size: int | None = 128,
+    chunk_size: int = 1,
+    init_state_ids: Sequence[int] | None = None,
+    seed: int | None = None,
+    max_episode_steps: int | None = None,
+    settle_steps: int = SETTLE_STEPS,
+    assets_path: str | os.PathLike | None = None,
+    render_mode: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> gym.Env:
+    """A LIBERO task as a gymnasium env (:class:`LiberoEnv`), in ``ActionChunk`` when ``chunk_size > 1``.
+
+    For SB3, vectorise it as any gymnasium env, e.g. ``make_vec_env(make_libero_env, n_envs=2, seed=0,
+    env_kwargs=dict(suite="libero_goal", task_id=0))`` (sub-env i then starts at initial state ``i``); use
+    ``MultiInputPolicy``. Parameters: see :class:`LiberoEnv`.
+    """
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    env: gym.Env = LiberoEnv(
+        suite, task_id, camera_size, init_state_ids, seed, max_episode_steps, settle_steps, assets_path, render_mode,
+        env_kwargs,
+    )  # fmt: skip
+    if chunk_size > 1:
+        env = ActionChunk(env, int(chunk_size))
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def _chunk_size_of(model) -> int:
+    shape = getattr(getattr(model, "action_space", None), "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 2 else 1
+
+
+def evaluate_libero(
+    model,
+    suite: str,
+    tasks: Iterable[int] | None = None,
+    init_states: Iterable[int] = range(50),
+    camera_size: int | None = 128,
+    max_steps: int | None = None,
+    settle_steps: int = SETTLE_STEPS,
+    deterministic: bool = True,
+    seed: int | None = 0,
+    chunk_size: int | None = None,
+    assets_path: str | os.PathLike | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """LIBERO's standard evaluation protocol: every task of the suite, the fixed initial states in order, ``settle_steps``
+    no-op steps after each reset, at most ``max_steps`` env steps per episode (:data:`LIBERO_MAX_STEPS` of the suite),
+    the deterministic policy, success = the BDDL goal reached within the limit.
+
+    50 initial states x 10 tasks take hours on 2 CPU cores (about 5 env steps/s with two 128 px cameras): pass
+    ``tasks`` and ``init_states`` subsets for quick checks, and report them.
+
+    :param model: Anything with SB3's ``predict(obs, deterministic=...)`` trained on :func:`make_libero_env`
+        observations with the same ``camera_size``.
+    :param suite: The LIBERO suite.
+    :param tasks: Task ids (default: all of the suite).
+    :param init_states: Initial-state ids, run in this order for every task.
+    :param camera_size: Camera size (None: physics only, for state-only policies).
+    :param max_steps: Episode limit in env steps (default: the suite's).
+    :param settle_steps: No-op steps after each reset.
+    :param deterministic: Passed to ``predict`` (True: the protocol's deterministic policy).
+    :param seed: Seeds torch inside a forked random state (matters only for ``deterministic=False``).
+    :param chunk_size: Rows per decision (default: from the model's action space, Box(H, 7) -> H).
+    :param assets_path: LIBERO assets folder.
+    :param env_kwargs: Further keyword arguments of :class:`LiberoEnv`'s LIBERO env.
+    :param verbose: 1 prints one line per task.
+    :return: ``dict(suite, success_rate, episodes, max_steps, settle_steps, tasks=[dict(task_id, name, instruction,
+        success_rate, successes, lengths), ...])``; ``success_rate`` is over all episodes (equal per task).
+    """
+    init_states = [int(i) for i in init_states]
+    if not init_states:
+        raise ValueError("init_states is empty")
+    import_libero(assets_path)
+    if tasks is None:
+        from libero.libero import benchmark
+
+        tasks = range(benchmark.get_benchmark_dict()[suite]().n_tasks)
+    chunk_size = chunk_size or _chunk_size_of(model)
+    results = []
+    with th.random.fork_rng(devices=[]):
+        if seed is not None:
+            th.manual_seed(seed)
+        for task_id in tasks:
+            env = make_libero_env(
+                suite, task_id, camera_size, chunk_size, init_state_ids=init_states, max_episode_steps=max_steps,
+                settle_steps=settle_steps, assets_path=assets_path, env_kwargs=env_kwargs,
+            )  # fmt: skip
+            inner: LiberoEnv = env.unwrapped  # type: ignore[assignment]
+            successes, lengths = [], []
+            for state_id in init_states:
+                obs, info = env.reset(options={"init_state_id": state_id})
+                steps, done = 0, False
+                while not done:
+                    action, _ = model.predict(obs, deterministic=deterministic)
+                    obs, _, terminated, truncated, info = env.step(action)
+                    steps += int(info.get("env_steps", 1))
+                    done = terminated or truncated
+                successes.append(bool(info["is_success"]))
+                lengths.append(steps)
+            env.close()
+            results.append(
+                dict(
+                    task_id=int(task_id),
+                    name=inner.task_name,
+                    instruction=inner.instruction,
+                    success_rate=float(np.mean(successes)),
+                    successes=successes,
+                    lengths=lengths,
+                )
+            )
+            if verbose:
+                print(f"{suite} task {task_id} ({inner.instruction}): success {results[-1]['success_rate']:.2f}")
+    all_successes = [s for r in results for s in r["successes"]]
+    return dict(
+        suite=suite,
+        success_rate=float(np.mean(all_successes)),
+        episodes=len(all_successes),
+        max_steps=int(max_steps or LIBERO_MAX_STEPS[suite]),
+        settle_steps=int(settle_steps),
+        tasks=results,
+    )
+
+
+def setup_libero(bundle: str | os.PathLike | None = None) -> Path | None:
+    """Prepare LIBERO non-interactively: write the config and, when LIBERO's own assets are missing, unpack the
+    offline bundle (``scripts/install_sim.sh`` calls this). Prints what it found; returns the assets folder (None: no
+    assets and no bundle)."""
+    config = ensure_libero_config()
+    print(f"[libero] config: {config}")
+    try:
+        assets = resolve_libero_assets(unpack=False)
+        origin = "offline bundle" if (assets / BUNDLE_MARKER).exists() else "LIBERO's own"
+    except FileNotFoundError:
+        if bundle is None and find_bundle() is None:
+            print(f"[libero] WARNING: no assets and no bundle in {shared_data_dir()}; LIBERO envs cannot be built offline")
+            return None
+        assets, origin = install_libero_assets(bundle), "offline bundle, unpacked now"
+    print(f"[libero] assets: {assets} ({origin})")
+    missing = bundle_missing_files(assets)
+    if missing:
+        print(
+            f"[libero] note: {len(missing)} visual files are absent from the bundle ({assets / BUNDLE_MARKER}); scenes "
+            "that use them need LIBERO's complete assets (the tests fill them with placeholders)"
+        )
+    return assets
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prepare LIBERO non-interactively: config.yaml and assets.")
+    parser.add_argument("--setup", action="store_true", help="write the config and unpack the offline assets if needed")
+    parser.add_argument("--bundle", default=None, help="asset bundle (.tar.zst); default: ../shared/data")
+    args = parser.parse_args(argv)
+    if args.setup:
+        setup_libero(args.bundle)
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()
