@@ -142,14 +142,12 @@ def test_ema_update_formula_and_sync_at_start():
                     assert th.equal(p, student[n])  # θ_old (swapped in) == θ at g = 0
             return True
 
-    old_shadow = None
     model.learn(16, callback=Check())
     # after the update: θ_old = d(0)·θ_at_start + (1 - d(0))·θ_new with d(0) = 0.1
     new_student = {n: p.detach() for n, p in model.policy.named_parameters()}
     for name, tensor in model.ema.shadow.items():
         expected = 0.1 * student[name] + 0.9 * new_student[name]
         assert th.allclose(tensor, expected, atol=1e-6)
-    del old_shadow
 
 
 def test_ema_covers_trainable_parameters_only():
