@@ -1,10 +1,8 @@
-import os
-
 import pytest
 import torch as th
 
-# Two cores: keep torch from oversubscribing them when pytest-xdist or SubprocVecEnv add processes.
-th.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores and `-n 2`: one torch thread per test process, so workers (and SubprocVecEnv) never oversubscribe.
+th.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

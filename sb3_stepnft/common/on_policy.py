@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_stepnft.common.buffers import DecisionBuffer
 from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
+from sb3_stepnft.vla.policy import FlowVLAPolicy
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")
 
@@ -70,6 +71,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         "MlpPolicy": MlpFlowPolicy,
         "CnnPolicy": CnnFlowPolicy,
         "MultiInputPolicy": MultiInputFlowPolicy,
+        "VLAPolicy": FlowVLAPolicy,
     }
     policy: FlowPolicy
     rollout_buffer: DecisionBuffer
@@ -153,6 +155,10 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if not isinstance(self.policy, FlowPolicy):
             raise TypeError(f"{type(self).__name__} needs a flow policy (sb3_stepnft.policies), got {self.policy_class}")
         self.rollout_buffer = DecisionBuffer(self.observation_space, self.n_envs, self.device)
+        # A frozen encoder's features (the VLA prefix) may be stored with the decisions, so the update runs only
+        # the trainable part; the policy decides from its size per rollout (ALGORITHM.md §3.6, prefix_cache).
+        self.policy.resolve_feature_cache(self.n_steps * self.n_envs)
+        self._feature_memo: tuple[Any, Any] | None = None
         self._reset_episode_tracking()
 
     def _policy_kwargs(self) -> dict[str, Any]:
@@ -178,6 +184,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_episode_return",
             "_env_episode_counts",
             "_finished_episodes",
+            "_feature_memo",
         ]
 
     # ------------------------------------------------------------------------------------------------ learning
@@ -221,8 +228,18 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     # ----------------------------------------------------------------------------------------------- persistence
     def save(self, path, exclude=None, include=None) -> None:
-        """SB3's ``save``, written to a temporary file first: a failed save never leaves a half-written file."""
-        atomic_save(super().save, path, exclude=exclude, include=include)
+        """SB3's ``save``, written to a temporary file first: a failed save never leaves a half-written file.
+
+        The stored ``policy_kwargs`` are made portable by the policy (a VLA's backbone given by name or directory is
+        stored as its config: ``load`` rebuilds it offline and fills in the saved weights)."""
+        given = self.policy_kwargs
+        portable = getattr(self.policy, "portable_policy_kwargs", None)
+        if portable is not None:
+            self.policy_kwargs = portable(given)
+        try:
+            atomic_save(super().save, path, exclude=exclude, include=include)
+        finally:
+            self.policy_kwargs = given
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
@@ -242,9 +259,27 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         call only: env steps and callbacks (``EvalCallback``...) run outside it and see the student."""
         return contextlib.nullcontext()
 
-    def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        """Sample one chunk per env: the normalised actions ``(n_envs, H, A)`` and the fields to store."""
+    def _sample_decisions(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        """Sample one chunk per env from the encoded observations: the normalised actions ``(n_envs, H, A)`` and the
+        fields to store."""
         raise NotImplementedError
+
+    def _encode_observation(self, obs: Any):
+        """Encode a VecEnv observation once. A frozen encoder's features are remembered for that observation object,
+        so e.g. FlowPPO's bootstrap value of the last observation and the next rollout's first decision share one
+        backbone pass (a trainable encoder changes in ``train``, so its features are never reused)."""
+        if self._feature_memo is not None and self._feature_memo[0] is obs:
+            return self._feature_memo[1]
+        features = self.policy.encode(obs_as_tensor(obs, self.device))
+        self._feature_memo = (obs, features) if self.policy.encoder_is_frozen else None
+        return features
+
+    def _encode_batch(self, batch: dict[str, Any]):
+        """Features of a training minibatch: the stored prefix features when the policy caches them, else the
+        observations encoded once for the minibatch (with gradients for a trainable encoder, §3.6)."""
+        if "features" in batch:
+            return self.policy.features_from_flat(batch["features"])
+        return self.policy.encode(batch["obs"])
 
     def _step_outcome(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Fields stored with this env step's decisions that depend on the env's response (``(n_envs, ...)`` arrays)."""
@@ -284,8 +319,11 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
 
         while n_steps < n_rollout_steps:
             with th.no_grad(), self._rollout_context():
-                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                normalised, record = self._sample_decisions(obs_tensor)
+                # One encoder (VLM prefix) pass per observation, reused for all K solver steps (§3.6).
+                features = self._encode_observation(self._last_obs)
+                normalised, record = self._sample_decisions(features)
+                if self.policy.cache_features:
+                    record["features"] = self.policy.features_to_flat(features)
                 actions = self.policy.to_env_units(normalised).cpu().numpy()
             clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)

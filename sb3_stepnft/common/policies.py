@@ -112,6 +112,19 @@ class FlowPolicy(BasePolicy):
             optimizer_kwargs=optimizer_kwargs,
             squash_output=False,
         )
+        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps)
+        self.time_embed_dim = time_embed_dim
+        self.net_arch = [256, 256] if net_arch is None else net_arch
+        self.activation_fn = activation_fn
+        self.value_head = bool(value_head)
+        self.cache_features = False
+
+        self.features_extractor = self.make_features_extractor()
+        self.features_dim = self.features_extractor.features_dim
+        self._build(lr_schedule)
+
+    def _setup_flow(self, action_space: spaces.Box, chunk_size, action_dim, num_denoise_steps) -> None:
+        """Chunk geometry, solver steps and action bounds (shared by every flow policy)."""
         self.executed_rows, self.real_action_dim = chunk_shape(action_space)
         self.chunk_size = chunk_size or self.executed_rows
         self.action_dim = action_dim or self.real_action_dim
@@ -123,19 +136,10 @@ class FlowPolicy(BasePolicy):
         if int(num_denoise_steps) != num_denoise_steps or num_denoise_steps < 1:
             raise ValueError(f"num_denoise_steps must be a positive integer, got {num_denoise_steps}")
         self.num_denoise_steps = int(num_denoise_steps)
-        self.time_embed_dim = time_embed_dim
-        self.net_arch = [256, 256] if net_arch is None else net_arch
-        self.activation_fn = activation_fn
-        self.value_head = bool(value_head)
-
         low = th.as_tensor(np.broadcast_to(action_space.low, action_space.shape).copy(), dtype=th.float32)
         high = th.as_tensor(np.broadcast_to(action_space.high, action_space.shape).copy(), dtype=th.float32)
         self.register_buffer("_action_low", low.reshape(self.executed_rows, self.real_action_dim), persistent=False)
         self.register_buffer("_action_high", high.reshape(self.executed_rows, self.real_action_dim), persistent=False)
-
-        self.features_extractor = self.make_features_extractor()
-        self.features_dim = self.features_extractor.features_dim
-        self._build(lr_schedule)
 
     # ----------------------------------------------------------------------------------------------------- build
     @property
@@ -193,6 +197,20 @@ class FlowPolicy(BasePolicy):
         """Whether ``encode`` has no trainable parameter (its output may then be cached for the update)."""
         return not any(p.requires_grad for p in self.features_extractor.parameters())
 
+    def resolve_feature_cache(self, n_observations: int) -> bool:
+        """Whether algorithms store encoded features for the update (only a frozen encoder may be cached, §3.6).
+        Policies with a trainable features extractor store observations and re-encode them with gradients."""
+        self.cache_features = False
+        return False
+
+    def features_to_flat(self, features):
+        """``(B, F)`` float rows of encoded observations, to store in a buffer."""
+        return features
+
+    def features_from_flat(self, flat: th.Tensor):
+        """Inverse of :meth:`features_to_flat`."""
+        return flat
+
     def encode(self, obs: PyTorchObs) -> th.Tensor:
         """Observation features, computed once per observation and reused for all K solver steps."""
         return self.extract_features(obs, self.features_extractor)
@@ -220,7 +238,7 @@ class FlowPolicy(BasePolicy):
         num_denoise_steps: int | None = None,
     ) -> FlowChain:
         """Sample a whole chain for a batch of encoded observations (see :func:`sample_chain`)."""
-        x_0 = self.initial_noise(features.shape[0], deterministic)
+        x_0 = self.initial_noise(len(features), deterministic)
         return sample_chain(
             lambda x_t, t: self.velocity(x_t, t, features),
             x_0,

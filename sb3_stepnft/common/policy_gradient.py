@@ -95,17 +95,17 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
         self.clip_range = FloatSchedule(self.clip_range)
 
     # ----------------------------------------------------------------------------------------------- rollout
-    def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        return self._sample_hybrid(self.policy.encode(obs_tensor))
+    def _sample_decisions(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+        return self._sample_hybrid(features)
 
-    def _sample_hybrid(self, features: th.Tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
+    def _sample_hybrid(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         """One hybrid chain per env: Euler steps except the Flow-SDE step j, shared by the env batch (§4)."""
-        batch = features.shape[0]
+        batch = len(features)
         stochastic_step = int(th.randint(0, self.num_denoise_steps, (1,)).item())
         chain = self.policy.sample(
             features, sampler="one_step_sde", noise_level=self.noise_level, stochastic_step=stochastic_step
         )
-        step_index = th.full((batch,), stochastic_step, dtype=th.long, device=features.device)
+        step_index = th.full((batch,), stochastic_step, dtype=th.long, device=self.device)
         x_j, x_next, velocity = chain.transition(step_index)
         record = dict(
             x_j=x_j,
@@ -176,7 +176,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
         self._log_training(data)
 
     def _gradient_step(self, batch: dict[str, Any], clip_range: float, fresh: np.ndarray) -> dict[str, float]:
-        features = self.policy.encode(batch["obs"])  # trainable encoder: re-encoded with gradients (§3.6)
+        features = self._encode_batch(batch)  # re-encoded with gradients, or the cached frozen prefix (§3.6)
         step_index = batch["step_index"].long()
         t_j = step_times(step_index, self.num_denoise_steps).to(self.device)
         velocity = self.policy.velocity(batch["x_j"], t_j, features)

@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from sb3_stepnft.common.buffers import DecisionBuffer
 from sb3_stepnft.common.on_policy import check_positive
@@ -144,8 +144,7 @@ class FlowPPO(FlowPolicyGradient):
             group["lr"] = critic_lr if group.get("name") == "critic" else actor_lr
 
     # ----------------------------------------------------------------------------------------------- rollout
-    def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        features = self.policy.encode(obs_tensor)
+    def _sample_decisions(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         chunk, record = self._sample_hybrid(features)
         record["value"] = self.policy.value_from_features(features).flatten()
         return chunk, record
@@ -165,7 +164,8 @@ class FlowPPO(FlowPolicyGradient):
         """GAE advantages for every decision of the rollout: FlowPPO never keeps decisions pending."""
         steps = rollout_buffer.rollout_steps()
         with th.no_grad():
-            last_values = self.policy.predict_values(obs_as_tensor(self._last_obs, self.device)).flatten().cpu().numpy()
+            last_features = self._encode_observation(self._last_obs)  # reused by the next rollout's first step
+            last_values = self.policy.value_from_features(last_features).flatten().cpu().numpy()
         advantages, returns = compute_gae(
             steps["reward"], steps["value"], steps["done"], last_values, self.gamma, self.gae_lambda
         )

@@ -199,10 +199,9 @@ class StepNFT(FlowOnPolicyAlgorithm):
     def _rollout_context(self):
         return self.ema.swapped_into(self.policy)
 
-    def _sample_decisions(self, obs_tensor) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        features = self.policy.encode(obs_tensor)  # once per observation, reused for all K steps (§3.6)
+    def _sample_decisions(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
         chain = self.policy.sample(features, sampler=self.sampler, noise_level=self.noise_level)
-        batch = features.shape[0]
+        batch = len(features)
         if self.step_selection == "random":
             step_index = th.randint(0, self.num_denoise_steps, (batch,), device=self.device)
         else:
@@ -289,7 +288,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
     def _gradient_step(self, batch: dict[str, Any]) -> tuple[th.Tensor, dict[str, float]]:
-        features = self.policy.encode(batch["obs"])  # student, train mode, with gradients (§3.6)
+        features = self._encode_batch(batch)  # student, train mode; stored prefix features if cached (§3.6)
         step_index = batch["step_index"].long()
         t_k = step_times(step_index, self.num_denoise_steps)
         rows = self.policy.executed_rows  # the errors run over the executed rows, all output dims (§3.3)
