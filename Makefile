@@ -1,33 +1,48 @@
 # Fresh machine: `make demo` or `make test` create the virtual environment, install, and run.
+# `make test` and `make demo` include the simulators (ManiSkill3, LIBERO) and their system packages (Mesa 25 Vulkan,
+# EGL/OSMesa, zstd: apt, as root), installed by scripts/install_sim.sh (docs/environments.md).
 PYTHON ?= python3
 VENV ?= venv
 PY := $(VENV)/bin/python
+# Every pip install runs with the constraints file: torch stays at the CPU build installed first (torch==2.13.0).
+PIP := $(PY) -m pip install -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install install-sim demo test test-sim test-slow lint format clean
+.PHONY: install install-sim demo demo-pointreach test test-sim test-slow lint format clean
 
-$(VENV)/.installed: setup.py pyproject.toml
+$(VENV)/.installed: setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first, pinned: an unpinned torch would pull several GB of CUDA packages.
-	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev]"
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev,vla]"
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+# The simulators. install_sim.sh keeps its own stamp ($(VENV)/.sim_installed) and is idempotent; this stamp only
+# saves make from re-running it when nothing it depends on changed.
+$(VENV)/.sim-ready: $(VENV)/.installed scripts/install_sim.sh constraints.txt setup.py
+	bash scripts/install_sim.sh $(VENV)
+	touch $@
+
+install-sim: $(VENV)/.sim-ready
+
+# Few-shot pretraining from motion-planned demonstrations on ManiSkill PushCube (state), then StepNFT (~7 min).
+demo: install-sim
+	$(PY) benchmarks/demo_maniskill.py
+
+# The original demo: PointReach, pretraining + StepNFT next to SB3 PPO from scratch (~2 min; no simulator needed).
+demo-pointreach: install
 	$(PY) benchmarks/demo.py
 
-test: install
+test: install-sim
 	$(PY) -m pytest -m "not slow" -n 2 --durations=15 $(PYTEST_ARGS)
 
-# Simulators (ManiSkill3, LIBERO, Mesa 25 Vulkan): not yet part of `make test` (see docs/environments.md).
-install-sim: install
-	bash scripts/install_sim.sh $(VENV)
-
+# Only the simulator tests.
 test-sim: install-sim
-	$(PY) -m pytest tests/test_maniskill.py tests/test_libero.py -n 2 --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/test_maniskill.py tests/test_libero.py tests/test_sim_environment.py -n 2 --durations=15 \
+		$(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

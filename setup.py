@@ -6,7 +6,7 @@ with open(os.path.join(os.path.dirname(__file__), "README.md"), encoding="utf-8"
     long_description = f.read()
 
 extras = {
-    "vla": ["transformers>=5.0,<6"],
+    "vla": ["transformers>=5.4,<6"],
     # mani-skill pins mplib==0.1.1 itself; its motion planner needs numpy<2, which sb3_stepnft.envs.maniskill_demos
     # isolates in a small overlay venv instead of pinning it here (docs/environments.md).
     "maniskill": ["mani-skill==3.0.1", "h5py"],

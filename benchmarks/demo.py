@@ -1,4 +1,4 @@
-"""`make demo`: pretrain a flow policy on imperfect demonstrations, fine-tune it with π-StepNFT, compare with PPO.
+"""`make demo-pointreach`: pretrain a flow policy on imperfect demonstrations, fine-tune it with π-StepNFT, compare with PPO.
 
 Task: PointReach (sb3_stepnft.envs), sparse success. Evaluation follows the paper's protocol: the student
 policy, Euler ODE from random x_0 (``deterministic=False``), seeded, 100 episodes per point.

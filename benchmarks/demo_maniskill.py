@@ -1,4 +1,4 @@
-"""ManiSkill demo: few-shot pretraining from motion-planned demonstrations, then π-StepNFT, on PushCube (state).
+"""`make demo`: few-shot pretraining from motion-planned demonstrations, then π-StepNFT, on ManiSkill PushCube (state).
 
 1. Motion-plan 10 PushCube demonstrations offline, convert them to pd_ee_delta_pos and re-simulate them in the
    training env (``sb3_stepnft.envs.maniskill_demos``; a few seconds per demonstration on 2 cores, cached).
@@ -7,11 +7,12 @@
 3. Fine-tune with StepNFT; evaluate the student (Euler ODE from random x_0, ``deterministic=False``, the paper's
    protocol) on seeds disjoint from the demonstrations'. Episodes are limited to 1.5x the mean demonstration length.
 
-    python benchmarks/demo_maniskill.py                      # defaults: 1 seed, 12,288 decisions (~100k env steps)
-    python benchmarks/demo_maniskill.py --seeds 0 1 2         # mean ± std over seeds
+    python benchmarks/demo_maniskill.py              # `make demo`: 1 seed, 12,288 decisions (~95k env steps), ~7 min
+    python benchmarks/demo_maniskill.py --seeds 0 1 2 --name demo_maniskill_3seeds    # mean ± std over seeds
 
-Needs the [maniskill] extra and Vulkan (bash scripts/install_sim.sh venv). Writes benchmarks/results/demo_maniskill.md
-(table + command), demo_maniskill.csv (curves) and demo_maniskill.png (learning curve).
+Needs the [maniskill] extra and Vulkan (`make install-sim`, or bash scripts/install_sim.sh venv). Writes
+benchmarks/results/<name>.md (table + command), <name>.csv (curves) and <name>.png (learning curve); the default name
+is demo_maniskill. The PointReach demo of earlier versions is `make demo-pointreach` (benchmarks/demo.py).
 """
 
 import argparse
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=100)
     parser.add_argument("--max-episode-steps", type=int, default=None, help="default: 1.5 x mean demo length")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--name", default="demo_maniskill", help="base name of the result files in --out")
     args = parser.parse_args()
     th.set_num_threads(1)
 
@@ -123,6 +125,7 @@ def main() -> None:
 
     console = Console()
     os.makedirs(args.out, exist_ok=True)
+    wall_start = time.time()
     with console.status(f"motion-planning {args.demos} {args.env} demonstrations"):
         demos, stats = generate_demonstrations(args.env, args.demos, out_dir=os.path.join(args.out, "tmp", "demos"))
     console.print(format_stats(stats))
@@ -159,18 +162,23 @@ def main() -> None:
     console.print(table)
 
     command = "python benchmarks/demo_maniskill.py " + " ".join(sys.argv[1:])
-    with open(os.path.join(args.out, "demo_maniskill.csv"), "w", newline="") as f:
+    wall = (time.time() - wall_start) / 60
+    console.print(f"total wall time {wall:.1f} min (demonstrations, pretraining, StepNFT and evaluations)")
+    with open(os.path.join(args.out, f"{args.name}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seed", "decisions", "env_steps", "success_rate"])
         for seed, r in zip(args.seeds, runs):
             writer.writerows([seed, *point] for point in r["curve"])
-    with open(os.path.join(args.out, "demo_maniskill.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write(f"Command: `{command.strip()}`\n\n{title}.\n\n")
         f.write(f"Demonstrations: {stats['kept']} (mean length {stats['mean']:.1f}, seeds {min(stats['seeds'])}-")
         f.write(f"{max(stats['seeds'])}); evaluation seeds from {EVAL_SEED}; max_episode_steps {args.max_episode_steps}.\n\n")
         f.write("| policy | success | env steps | time (s) |\n|---|---|---|---|\n")
         for row in rows:
             f.write("| " + " | ".join(row) + " |\n")
+        f.write(
+            f"\nTotal wall time {wall:.1f} min on {os.cpu_count()} CPU cores; time columns: per seed, without evaluations.\n"
+        )
 
     import matplotlib
 
@@ -188,8 +196,8 @@ def main() -> None:
     ax.set_ylim(0, 1.05)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "demo_maniskill.png"), dpi=100)
-    console.print(f"wrote {args.out}/demo_maniskill.md, demo_maniskill.csv, demo_maniskill.png")
+    fig.savefig(os.path.join(args.out, f"{args.name}.png"), dpi=100)
+    console.print(f"wrote {args.out}/{args.name}.md, {args.name}.csv, {args.name}.png")
 
 
 if __name__ == "__main__":

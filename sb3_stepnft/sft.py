@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 
@@ -135,8 +136,13 @@ def pretrain(
     ``t = 0.999·Beta(1.5, 1) + 0.001``. Trains the student with its own AdamW (the RL optimizer is left as it
     is), then sets θ_old ← θ on an algorithm with an EMA rollout policy. ``num_timesteps`` is unchanged.
 
+    Observations are normalised with the model's ``VecNormalize`` statistics when it has one, and image observations
+    are brought into the policy's layout: SB3 wraps channel-last image envs in ``VecTransposeImage``, so a model
+    built on such an env expects ``C x H x W`` while demonstrations recorded from the env hold ``H x W x C``; those
+    are transposed (:func:`to_policy_layout`).
+
     :param model_or_policy: A StepNFT/FlowPPO/FlowGRPO model or a bare flow policy.
-    :param demos: The demonstrations (actions in env units).
+    :param demos: The demonstrations (actions in env units; images channel-last or channel-first).
     :param epochs: Passes over the demonstration steps.
     :param batch_size: Minibatch size.
     :param learning_rate: Learning rate of the pretraining optimizer.
@@ -153,13 +159,15 @@ def pretrain(
     vec_normalize = getattr(model_or_policy, "_vec_normalize_env", None)
     if vec_normalize is not None:
         observations = vec_normalize.normalize_obs(observations)
+    observations = to_policy_layout(observations, policy.observation_space)
     _check_observations(policy, observations)
     chunks, row_mask = build_chunks(demos, policy.executed_rows, policy.action_space.shape)
     targets = th.as_tensor(chunks, dtype=th.float32).reshape(len(demos), policy.executed_rows, policy.real_action_dim)
     targets = policy.to_normalised(targets.to(device)).clamp(-1.0, 1.0)
     row_mask_t = th.as_tensor(row_mask, device=device)
 
-    optimizer = th.optim.AdamW(policy.parameters(), lr=learning_rate, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # a frozen VLA backbone is left out
+    optimizer = th.optim.AdamW(trainable, lr=learning_rate, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)
     policy.set_training_mode(True)
     n = len(demos)
     losses: list[float] = []
@@ -188,7 +196,7 @@ def pretrain(
                 raise FloatingPointError("pretrain: the flow-matching loss is not finite; lower learning_rate")
             optimizer.zero_grad()
             loss.backward()
-            th.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            th.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             losses.append(float(loss.detach()))
     policy.set_training_mode(False)
@@ -203,6 +211,35 @@ def pretrain(
         samples=n,
         episodes=demos.n_episodes,
     )
+
+
+def to_policy_layout(observations, observation_space: spaces.Space):
+    """Demonstration observations with channel-last images (``N x H x W x C``) transposed to the channel-first layout
+    (``N x C x H x W``) of ``observation_space``, per key for Dict spaces.
+
+    An array is transposed only when the space is a 3-D Box of shape ``(C, H, W)`` and the array's per-step shape is
+    ``(H, W, C)`` instead; everything else is returned as it is (``pretrain`` reports shapes that still do not fit).
+    A transposed array is a contiguous copy (the same numbers in memory as channel-first demonstrations).
+
+    :param observations: An ``(N, ...)`` array, or a dict of them.
+    :param observation_space: The policy's (or model's) observation space.
+    """
+    if isinstance(observation_space, spaces.Dict):
+        if not isinstance(observations, dict):
+            return observations
+        return {key: _channel_first(value, observation_space.spaces.get(key)) for key, value in observations.items()}
+    if isinstance(observations, dict):
+        return observations
+    return _channel_first(observations, observation_space)
+
+
+def _channel_first(array: np.ndarray, space: spaces.Space | None) -> np.ndarray:
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3 or np.ndim(array) != 4:
+        return array
+    channels, height, width = space.shape
+    if tuple(array.shape[1:]) == tuple(space.shape) or tuple(array.shape[1:]) != (height, width, channels):
+        return array
+    return np.ascontiguousarray(np.moveaxis(array, -1, 1))
 
 
 def _take(observations, index: np.ndarray):

@@ -2,6 +2,7 @@
 # Install the simulators (ManiSkill3 and LIBERO) with their system packages into an existing virtual environment.
 #
 #   bash scripts/install_sim.sh [VENV]          # VENV defaults to ./venv; the core install (torch first) must be done
+#   bash scripts/install_sim.sh --system-only   # only step 1 and the Vulkan check (e.g. in a Dockerfile), no venv
 #
 # Idempotent: a second run only checks (a few seconds). What it does, in order:
 #   1. System packages (Debian/Ubuntu, as root or with sudo): Mesa >= 25 Vulkan (lavapipe) from bookworm-backports on
@@ -21,6 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SYSTEM_ONLY=0
+if [ "${1:-}" = --system-only ]; then SYSTEM_ONLY=1; shift; fi
 VENV="${1:-venv}"
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 PY="$VENV/bin/python"
@@ -33,9 +36,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { printf '[install_sim] %s\n' "$*"; }
 die() { printf '[install_sim] ERROR: %s\n' "$*" >&2; exit 1; }
 
-[ -x "$PY" ] || die "no Python at $PY: create the virtual environment and install the package first (make install)."
-"$PY" -c "import torch, sb3_stepnft" 2>/dev/null \
-    || die "$VENV lacks torch or sb3_stepnft: run the core install first (make install, or pip install torch==2.13.0 && pip install -e .)."
+if [ "$SYSTEM_ONLY" = 0 ]; then
+    [ -x "$PY" ] || die "no Python at $PY: create the virtual environment and install the package first (make install)."
+    "$PY" -c "import torch, sb3_stepnft" 2>/dev/null \
+        || die "$VENV lacks torch or sb3_stepnft: run the core install first (make install, or pip install torch==2.13.0 && pip install -e .)."
+fi
 want() { case ",$EXTRAS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ------------------------------------------------------------------------------------------------ 1. system packages
@@ -108,6 +113,11 @@ descriptorBindingPartiallyBound (SAPIEN/ManiSkill cannot create any env): instal
     else
         say "WARNING: vulkaninfo not found; cannot check the Vulkan device"
     fi
+fi
+
+if [ "$SYSTEM_ONLY" = 1 ]; then
+    say "system packages done in $((SECONDS - START)) s"
+    exit 0
 fi
 
 # ------------------------------------------------------------------------------------------------------- 2. pip

@@ -19,7 +19,6 @@ from sb3_stepnft.envs import make_maniskill_env  # noqa: E402
 from sb3_stepnft.envs import maniskill as maniskill_module  # noqa: E402
 from sb3_stepnft.envs.maniskill import ManiSkillGPUVecEnv, make_maniskill_base_env, make_maniskill_gym_env  # noqa: E402
 from sb3_stepnft.envs.maniskill_demos import (  # noqa: E402
-    channel_first,
     demo_action_bounds,
     episode_lengths,
     generate_demonstrations,
@@ -75,14 +74,25 @@ def test_groups_share_initial_states():
         make_maniskill_env("PushCube-v1", num_envs=3, group_size=2)
 
 
-def test_pushcube_rgb_smoke():
+def test_pushcube_rgb_smoke_and_pretraining_on_env_images():
     env = make_maniskill_env("PushCube-v1", obs_mode="rgb", camera_size=64, seed=0, max_episode_steps=3)
     assert set(env.observation_space.spaces) == {"state", "rgb"}
     obs = env.reset()
     assert obs["rgb"].shape == (1, 64, 64, 3) and obs["rgb"].dtype == np.uint8 and obs["rgb"].std() > 0
+    seen, actions = [obs], []
     for _ in range(3):
-        obs, _, dones, infos = env.step(_random_actions(env, np.random.default_rng(0)))
+        actions.append(_random_actions(env, np.random.default_rng(0)))
+        obs, _, dones, infos = env.step(actions[-1])
+        seen.append(obs)
     assert dones[0] and set(infos[0]["terminal_observation"]) == {"state", "rgb"}
+    # The model sees channel-first images (SB3's VecTransposeImage); pretrain transposes the env's channel-last ones.
+    model = StepNFT("MultiInputPolicy", env, n_steps=4, batch_size=4, seed=0)
+    assert model.observation_space["rgb"].shape == (3, 64, 64)
+    demos = Demonstrations(
+        {key: np.concatenate([o[key] for o in seen[:3]]) for key in ("state", "rgb")}, np.concatenate(actions), [1, 0, 0]
+    )
+    assert demos.observations["rgb"].shape == (3, 64, 64, 3)
+    assert np.isfinite(pretrain(model, demos, epochs=1, seed=0)["loss"])
     env.close()
 
 
@@ -166,11 +176,3 @@ def test_motion_planned_pretraining_then_short_stepnft_run(tmp_path):
     assert model.num_timesteps == 512 and len(model.ep_success_buffer) > 0  # success labels reached StepNFT
     env.close()
     eval_env.close()
-
-
-def test_channel_first_demonstrations_for_image_policies():
-    images = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
-    demos = Demonstrations({"rgb": images, "state": np.zeros((2, 7), np.float32)}, np.zeros((2, 4)), [True, False])
-    moved = channel_first(demos)
-    assert moved.observations["rgb"].shape == (2, 3, 4, 5) and moved.observations["state"].shape == (2, 7)
-    assert moved.observations["rgb"][1, 2, 3, 4] == images[1, 3, 4, 2]

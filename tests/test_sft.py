@@ -1,15 +1,17 @@
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_stepnft import StepNFT
 from sb3_stepnft.envs import PointReachEnv, collect_demonstrations
 from sb3_stepnft.policies import MlpFlowPolicy
-from sb3_stepnft.sft import Demonstrations, build_chunks, pretrain
+from sb3_stepnft.sft import Demonstrations, build_chunks, pretrain, to_policy_layout
 from sb3_stepnft.wrappers import ActionChunk
-from tests.helpers import DictReachEnv
+from tests.helpers import DictReachEnv, ImageReachEnv
 
 
 def test_build_chunks_respects_episode_ends():
@@ -92,3 +94,54 @@ def test_pretrain_uses_vec_normalize_statistics():
     demos, _ = collect_demonstrations(2, seed=0)
     pretrain(model, demos, epochs=1, seed=0)
     assert th.all(seen[0] < -1.0)  # (obs - 5)/std: normalised, not raw
+
+
+class _DictImageEnv(gym.Env):
+    """A channel-last RGB image next to a state vector: SB3 puts such an env in VecTransposeImage."""
+
+    observation_space = spaces.Dict(
+        {"rgb": spaces.Box(0, 255, (36, 36, 3), np.uint8), "state": spaces.Box(-2, 2, (4,), np.float32)}
+    )
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+def test_pretrain_transposes_channel_last_image_demos():
+    rng = np.random.default_rng(0)
+    n = 12
+    rgb_last = rng.integers(0, 256, (n, 36, 36, 3), dtype=np.uint8)  # what the env emits (and demos record)
+    rgb_first = np.ascontiguousarray(np.moveaxis(rgb_last, -1, 1))
+    state, actions = rng.normal(size=(n, 4)).astype(np.float32), rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    starts = np.arange(n) % 6 == 0
+
+    def fit(rgb):
+        model = StepNFT("MultiInputPolicy", DummyVecEnv([_DictImageEnv]), seed=0)
+        assert model.observation_space["rgb"].shape == (3, 36, 36)  # VecTransposeImage: the model sees C x H x W
+        pretrain(model, Demonstrations({"rgb": rgb, "state": state}, actions, starts), epochs=2, batch_size=4, seed=0)
+        return [p.detach().clone() for p in model.policy.parameters()]
+
+    # channel-last demos are transposed: training is exactly that on channel-first demos
+    assert all(th.equal(a, b) for a, b in zip(fit(rgb_last), fit(rgb_first)))
+
+    # the helper itself: per key, only 3-D image spaces, only when the channel-last shape is what fits
+    space = spaces.Dict({"rgb": spaces.Box(0, 255, (3, 36, 36), np.uint8), "state": spaces.Box(-2, 2, (4,), np.float32)})
+    moved = to_policy_layout({"rgb": rgb_last, "state": state}, space)
+    assert moved["rgb"].shape == (n, 3, 36, 36) and moved["rgb"][5, 2, 7, 9] == rgb_last[5, 7, 9, 2]
+    assert moved["state"] is state and to_policy_layout({"rgb": rgb_first}, space)["rgb"] is rgb_first
+    cnn_space = spaces.Box(0, 255, (1, 36, 36), np.uint8)
+    gray = rgb_last[..., :1]
+    assert to_policy_layout(gray, cnn_space).shape == (n, 1, 36, 36)
+    assert to_policy_layout(gray, spaces.Box(0, 255, (36, 36, 1), np.uint8)) is gray  # env and model channel-last
+    assert to_policy_layout(rgb_last, cnn_space) is rgb_last  # does not fit either way: pretrain reports the shape
+
+    # a CnnPolicy model on a channel-last image env pretrains on the env's own (channel-last) observations
+    model = StepNFT("CnnPolicy", make_vec_env(ImageReachEnv, n_envs=1), seed=0)
+    pretrain(model, Demonstrations(gray, actions, starts), epochs=1, batch_size=6, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        pretrain(model, Demonstrations(rgb_last, actions, starts), epochs=1)

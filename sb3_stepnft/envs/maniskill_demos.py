@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_stepnft.envs.sim_utils import INSTALL_HINT, import_simulator
+from sb3_stepnft.envs.sim_utils import INSTALL_HINT, REPO_ROOT, import_simulator
 from sb3_stepnft.sft import Demonstrations
 
 #: Tasks whose planner, conversion and re-simulation were verified on CPU (docs/environments.md).
@@ -91,23 +91,6 @@ def normalize_like_demos(vec_env, demos: Demonstrations, epsilon: float = 1e-4):
     return wrapped
 
 
-def channel_first(demos: Demonstrations) -> Demonstrations:
-    """The demonstrations with their image observations (uint8 ``H x W x C``) transposed to ``C x H x W``.
-
-    SB3 wraps image envs in ``VecTransposeImage``, so a model built on a visual ManiSkill env expects channel-first
-    images, while the demonstrations hold what the env emits: ``pretrain(model, channel_first(demos))``.
-    """
-    observations = demos.observations
-    if isinstance(observations, dict):
-        observations = {
-            key: np.moveaxis(value, -1, 1) if value.dtype == np.uint8 and value.ndim == 4 else value
-            for key, value in observations.items()
-        }
-    elif observations.dtype == np.uint8 and observations.ndim == 4:
-        observations = np.moveaxis(observations, -1, 1)
-    return Demonstrations(observations, demos.actions, demos.episode_starts)
-
-
 def episode_lengths(demos: Demonstrations) -> np.ndarray:
     """Length of each demonstrated episode (rows between episode starts)."""
     starts = np.flatnonzero(demos.episode_starts)
@@ -160,6 +143,9 @@ def setup_planner(force: bool = False, quiet: bool = False) -> Path:
     lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in _main_site_packages())
     (site_packages / "zz_sb3_stepnft_main_venv.pth").write_text(lines)
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", *_PLANNER_PINS]
+    constraints = REPO_ROOT / "constraints.txt"  # the project's pins (torch==2.13.0), as for every pip install
+    if constraints.exists():
+        install += ["-c", str(constraints)]
     result = subprocess.run(install, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(

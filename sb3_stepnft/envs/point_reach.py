@@ -1,6 +1,6 @@
 """PointReach: a small sparse-success reaching task with an imperfect scripted demonstrator.
 
-Used by the tests, ``make demo`` and the comparison benchmark: it runs at tens of thousands of steps per
+Used by the tests, ``make demo-pointreach`` and the comparison benchmark: it runs at tens of thousands of steps per
 second, reports ``info["is_success"]``, and its demonstrations are deliberately imperfect (half of the
 demonstrated episodes wander sideways), so a pretrained flow policy succeeds only part of the time and
 online RL has room to improve it.
