@@ -28,11 +28,11 @@ $(VENV)/.sim-ready: $(VENV)/.installed scripts/install_sim.sh constraints.txt se
 
 install-sim: $(VENV)/.sim-ready
 
-# Few-shot pretraining from motion-planned demonstrations on ManiSkill PushCube (state), then StepNFT (~7 min).
+# Few-shot pretraining from motion-planned demonstrations on ManiSkill PushCube (state), then StepNFT (~6.5 min).
 demo: install-sim
 	$(PY) benchmarks/demo_maniskill.py
 
-# The original demo: PointReach, pretraining + StepNFT next to SB3 PPO from scratch (~2 min; no simulator needed).
+# The original demo: PointReach, pretraining + StepNFT next to SB3 PPO from scratch (~1 min; no simulator needed).
 demo-pointreach: install
 	$(PY) benchmarks/demo.py
 
