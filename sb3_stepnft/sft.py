@@ -166,7 +166,7 @@ def pretrain(
     targets = policy.to_normalised(targets.to(device)).clamp(-1.0, 1.0)
     row_mask_t = th.as_tensor(row_mask, device=device)
 
-    trainable = [p for p in policy.parameters() if p.requires_grad]  # a frozen VLA backbone is left out
+    trainable = policy.trainable_parameters()  # a frozen VLA backbone is left out
     optimizer = th.optim.AdamW(trainable, lr=learning_rate, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)
     policy.set_training_mode(True)
     n = len(demos)

@@ -163,12 +163,18 @@ class FlowPolicy(BasePolicy):
         if self.value_head:
             self.value_net = nn.Sequential(*create_mlp(self.features_dim, 1, self.vf_arch, self.activation_fn))
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train (``requires_grad``): everything but a frozen encoder such as a VLA backbone.
+        The optimizer, the gradient clip, ``pretrain`` and the EMA rollout weights use exactly these."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def _optimizer_parameters(self):
-        """All parameters, or the ``"actor"`` and ``"critic"`` groups when there is a value head."""
+        """The trainable parameters, or their ``"actor"`` and ``"critic"`` groups when there is a value head."""
+        trainable = self.trainable_parameters()
         if not self.value_head:
-            return self.parameters()
+            return trainable
         critic_ids = {id(p) for p in self.value_net.parameters()}
-        actor = [p for p in self.parameters() if id(p) not in critic_ids]
+        actor = [p for p in trainable if id(p) not in critic_ids]
         return [dict(params=actor, name="actor"), dict(params=list(self.value_net.parameters()), name="critic")]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
             )
         self.policy.optimizer.zero_grad()
         loss.backward()
-        th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        th.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.max_grad_norm)
         self.policy.optimizer.step()
         stats["loss"] = float(loss.item())
         return stats

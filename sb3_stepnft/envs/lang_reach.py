@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_stepnft.envs.point_reach import steer
 from sb3_stepnft.wrappers import ActionChunk, TokenizeInstruction
 
 #: Target names, their RGB colours and their directions (angle in radians) from the origin.
@@ -269,13 +270,8 @@ def demonstrator_action(
     state: np.ndarray, goal: np.ndarray, wander: float, rng: np.random.Generator, step_size: float = 0.1
 ) -> np.ndarray:
     """Scripted action: head for ``goal`` from the position ``state[:2]``, turned by ``wander`` radians, with noise."""
-    delta = np.asarray(goal, dtype=np.float64) - np.asarray(state[:2], dtype=np.float64)
-    distance = np.linalg.norm(delta)
-    direction = delta / max(distance, 1e-8)
-    cos, sin = np.cos(wander), np.sin(wander)
-    direction = np.array([cos * direction[0] - sin * direction[1], sin * direction[0] + cos * direction[1]])
-    speed = min(1.0, distance / step_size)
-    return np.clip(speed * direction + 0.1 * rng.standard_normal(2), -1.0, 1.0).astype(np.float32)
+    offset = np.asarray(goal, dtype=np.float64) - np.asarray(state[:2], dtype=np.float64)
+    return steer(offset, wander, rng, step_size)
 
 
 def collect_demonstrations(

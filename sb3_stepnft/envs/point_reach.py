@@ -72,7 +72,12 @@ class PointReachEnv(gym.Env):
 
 def demonstrator_action(obs: np.ndarray, wander: float, rng: np.random.Generator, step_size: float = 0.1) -> np.ndarray:
     """Scripted action: head for the goal, turned sideways by ``wander`` radians, with a little noise."""
-    delta = np.asarray(obs[2:4], dtype=np.float64)
+    return steer(obs[2:4], wander, rng, step_size)
+
+
+def steer(offset: np.ndarray, wander: float, rng: np.random.Generator, step_size: float = 0.1) -> np.ndarray:
+    """Move along ``offset`` (goal minus position) turned by ``wander`` radians, slowing near the goal, plus noise."""
+    delta = np.asarray(offset, dtype=np.float64)
     distance = np.linalg.norm(delta)
     direction = delta / max(distance, 1e-8)
     cos, sin = np.cos(wander), np.sin(wander)

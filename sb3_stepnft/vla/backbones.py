@@ -160,11 +160,12 @@ class BackboneAdapter:
         self.hidden_size = int(self.text_config.hidden_size)
         self.vocab_size = int(self.text_config.vocab_size)
 
-    # to be defined by the families
     @property
     def image_size(self) -> int:
-        raise NotImplementedError
+        """The vision tower's input resolution (its position embeddings fix it)."""
+        return int(self.vlm.config.vision_config.image_size)
 
+    # to be defined by the families
     @property
     def language_model(self) -> nn.Module:
         raise NotImplementedError
@@ -208,10 +209,6 @@ class PaliGemmaAdapter(BackboneAdapter):
     """PaliGemma (π0's backbone): SigLIP image tokens via ``get_image_features``, Gemma embeddings (×√d inside)."""
 
     @property
-    def image_size(self) -> int:
-        return int(self.vlm.config.vision_config.image_size)
-
-    @property
     def language_model(self) -> nn.Module:
         return self.vlm.model.language_model
 
@@ -223,10 +220,6 @@ class PaliGemmaAdapter(BackboneAdapter):
 class SmolVLMAdapter(BackboneAdapter):
     """SmolVLM / Idefics3: vision model and pixel-shuffle connector called directly (``get_image_features`` would
     drop all-zero frames as padding), Llama-style text model made bidirectional over the prefix by the mask."""
-
-    @property
-    def image_size(self) -> int:
-        return int(self.vlm.config.vision_config.image_size)
 
     @property
     def language_model(self) -> nn.Module:

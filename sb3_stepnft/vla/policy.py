@@ -278,18 +278,6 @@ class FlowVLAPolicy(FlowPolicy):
     def vf_arch(self) -> list[int]:
         return list(self.net_arch.get("vf", [256, 256])) if isinstance(self.net_arch, dict) else list(self.net_arch)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The expert, its projections and the critic: the only parameters the optimizer and the EMA see."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def _optimizer_parameters(self):
-        trainable = self.trainable_parameters()
-        if not self.value_head:
-            return trainable
-        critic_ids = {id(p) for p in self.value_net.parameters()}
-        actor = [p for p in trainable if id(p) not in critic_ids]
-        return [dict(params=actor, name="actor"), dict(params=list(self.value_net.parameters()), name="critic")]
-
     def train(self, mode: bool = True) -> FlowVLAPolicy:
         """Train mode for the expert only: a frozen VLM stays in eval mode (SB3's set_training_mode cannot flip it)."""
         super().train(mode)
