@@ -12,7 +12,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_stepnft.common.flow import flow_matching_interpolate, sample_flow_times
-from sb3_stepnft.common.policies import FlowPolicy
+from sb3_stepnft.common.optim import optimizer_step
+from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, FlowPolicy
 
 _OBS_PREFIX = "observations/"
 
@@ -167,7 +168,7 @@ def pretrain(
     row_mask_t = th.as_tensor(row_mask, device=device)
 
     trainable = policy.trainable_parameters()  # a frozen VLA backbone is left out
-    optimizer = th.optim.AdamW(trainable, lr=learning_rate, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)
+    optimizer = th.optim.AdamW(trainable, lr=learning_rate, **DEFAULT_OPTIMIZER_KWARGS)  # ALGORITHM.md §3.7
     policy.set_training_mode(True)
     n = len(demos)
     losses: list[float] = []
@@ -192,13 +193,7 @@ def pretrain(
             error = (policy.executed(prediction) - policy.executed(velocity_target)) ** 2
             element_mask = mask[..., None].expand_as(error)
             loss = error[element_mask].mean()
-            if not th.isfinite(loss):
-                raise FloatingPointError("pretrain: the flow-matching loss is not finite; lower learning_rate")
-            optimizer.zero_grad()
-            loss.backward()
-            th.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(optimizer, loss, trainable, 1.0, _pretrain_non_finite))
     policy.set_training_mode(False)
     ema = getattr(model_or_policy, "ema", None)
     if ema is not None:
@@ -210,6 +205,13 @@ def pretrain(
         gradient_steps=len(losses),
         samples=n,
         episodes=demos.n_episodes,
+    )
+
+
+def _pretrain_non_finite(loss: float) -> str:
+    return (
+        f"pretrain: the flow-matching loss is {loss}; lower learning_rate, and check the demonstrations' observations "
+        "and actions for NaN/inf"
     )
 
 

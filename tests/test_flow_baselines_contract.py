@@ -170,9 +170,9 @@ def test_seeding_reproduces(algo):
 def test_train_eval_modes(algo):
     model = small_model(algo)
     modes = []
-    original_sample, original_step = model._sample_decisions, model._gradient_step
+    original_sample, original_step = model._sample_decisions, model._loss
     model._sample_decisions = lambda obs: modes.append(("rollout", model.policy.training)) or original_sample(obs)
-    model._gradient_step = lambda *args: modes.append(("train", model.policy.training)) or original_step(*args)
+    model._loss = lambda *args: modes.append(("train", model.policy.training)) or original_step(*args)
     model.learn(64)
     assert {mode for kind, mode in modes if kind == "rollout"} == {False}
     assert {mode for kind, mode in modes if kind == "train"} == {True}

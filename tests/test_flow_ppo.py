@@ -83,7 +83,8 @@ def test_rollout_rewards_bootstrap_at_truncation_only(terminate):
     assert np.allclose(steps["value"][:, 0], np.tile(captured["values"], 2), atol=1e-6)
     advantages, returns = compute_gae(steps["reward"], steps["value"], steps["done"], captured["values"][:1], 0.99, 0.95)
     assert np.allclose(data[0]["returns"], returns[:, 0], atol=1e-6)
-    normalised = (advantages[:, 0] - advantages.mean()) / (advantages.std() + 1e-5)
+    # unbiased std, as πRL's torch.std (ALGORITHM.md §4)
+    normalised = (advantages[:, 0] - advantages.mean()) / (advantages.std(ddof=1) + 1e-5)
     assert np.allclose(data[0]["label"], normalised, atol=1e-5)  # whole-rollout normalisation; returns are not
 
 

@@ -226,17 +226,17 @@ def test_seeding_reproduces():
 def test_train_eval_modes():
     model = small_model()
     modes = []
-    original_sample, original_step = model._sample_decisions, model._gradient_step
+    original_sample, original_step = model._sample_decisions, model._loss
 
     def sample(obs):
         modes.append(("rollout", model.policy.training))
         return original_sample(obs)
 
-    def step(batch):
+    def step(batch, index):
         modes.append(("train", model.policy.training))
-        return original_step(batch)
+        return original_step(batch, index)
 
-    model._sample_decisions, model._gradient_step = sample, step
+    model._sample_decisions, model._loss = sample, step
     model.learn(64)
     assert {mode for kind, mode in modes if kind == "rollout"} == {False}
     assert {mode for kind, mode in modes if kind == "train"} == {True}

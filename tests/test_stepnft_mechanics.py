@@ -114,17 +114,74 @@ def test_ema_schedule_end_points_and_constant():
     assert ema_decay_at(3, 10, 0.9) == 0.9
 
 
-def test_ema_horizon_follows_learn_and_logs_end_decay():
+def _record_decays(model):
+    decays = []
+    update = model.ema.update
+
+    def recording(decay):
+        decays.append(decay)
+        update(decay)
+
+    model.ema.update = recording
+    return decays
+
+
+def test_ema_default_horizon_is_the_authors_effective_schedule():
+    # 16 env steps per iteration; 240 steps = 15 planned iterations; T = ceil(5/3 · 15) = 25 (ALGORITHM.md §3.5).
     model = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, seed=0)
-    model.learn(80)  # 5 iterations of 16 steps
-    assert model._ema_schedule_horizon == 5 and model.ema_iteration == 5
-    model.learn(32, reset_num_timesteps=False)  # continues: T extended to the new total
-    assert model._ema_schedule_horizon == math.ceil(112 / 16) and model.ema_iteration == 7
+    decays = _record_decays(model)
+    model.learn(240)
+    assert model._ema_schedule_horizon == 25 and model.ema_iteration == 15
+    assert decays == pytest.approx([ema_decay_at(g, 25, (0.1, 0.995)) for g in range(15)])
+    # the rule's end value: the rollout decay ends at d(1/ratio) = d(0.6), about 0.686, not at 0.995
+    assert model.current_ema_decay() == pytest.approx(ema_decay_at(0.6, 1.0, (0.1, 0.995)))
+    assert model.current_ema_decay() == pytest.approx(0.6855, abs=1e-3)
     model.learn(16)  # reset_num_timesteps=True restarts the schedule
-    assert model.ema_iteration == 1 and model._ema_schedule_horizon == 1
+    assert model.ema_iteration == 1 and model._ema_schedule_horizon == 2
     fixed = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, ema_horizon=3, ema_decay=0.5, seed=0)
     fixed.learn(16)
     assert fixed._ema_schedule_horizon == 3 and fixed.logger.name_to_value["train/ema_decay"] == 0.5
+
+
+def test_ema_schedule_is_continuous_across_chunked_learn_calls():
+    model = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, seed=0)
+    decays = _record_decays(model)
+    model.learn(64)
+    for _ in range(3):
+        model.learn(64, reset_num_timesteps=False)
+    assert len(decays) == 16 and decays[0] == pytest.approx(0.1)
+    # never restarts or jumps back (the first version fell from 0.96 to 0.55 at every call)
+    assert all(later >= earlier - 1e-12 for earlier, later in zip(decays, decays[1:]))
+    # with a fixed horizon, chunked calls follow exactly the schedule of one call
+    one = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, ema_horizon=20, seed=0)
+    one_decays = _record_decays(one)
+    one.learn(256)
+    chunked = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, ema_horizon=20, seed=0)
+    chunked_decays = _record_decays(chunked)
+    chunked.learn(64)
+    for _ in range(3):
+        chunked.learn(64, reset_num_timesteps=False)
+    assert chunked_decays == pytest.approx(one_decays)
+
+
+def test_ema_schedule_is_continuous_across_save_and_load(tmp_path):
+    def fresh():
+        return StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=32, n_epochs=1, seed=0)
+
+    straight = fresh()
+    straight_decays = _record_decays(straight)
+    straight.learn(64)
+    straight.learn(64, reset_num_timesteps=False)
+
+    first = fresh()
+    first_decays = _record_decays(first)
+    first.learn(64)
+    first.save(tmp_path / "half")
+    resumed = StepNFT.load(tmp_path / "half", env=point_reach_vec(n_envs=2))
+    assert resumed.ema_progress == pytest.approx(first.ema_progress) and resumed.ema_iteration == 4
+    resumed_decays = _record_decays(resumed)
+    resumed.learn(64, reset_num_timesteps=False)
+    assert first_decays + resumed_decays == pytest.approx(straight_decays)
 
 
 def test_ema_update_formula_and_sync_at_start():
@@ -299,3 +356,39 @@ def test_longer_model_chunk_than_executed_rows():
     model.learn(64)
     assert model.policy.chunk_size == 4 and model.policy.executed_rows == 1
     assert model.predict(model.env.reset(), deterministic=True)[0].shape == (2, 2)
+
+
+def test_num_denoise_steps_has_one_owner_the_policy_solver():
+    # K set only through policy_kwargs (as pi0_policy_kwargs(num_denoise_steps=10) does): rollouts, stored
+    # transitions and the loss all use the policy's solver.
+    model = StepNFT("MlpPolicy", point_reach_vec(n_envs=2), n_steps=8, batch_size=16, n_epochs=1, seed=0,
+                    policy_kwargs=dict(num_denoise_steps=10))  # fmt: skip
+    assert model.num_denoise_steps == 10 and model.policy.solver.num_denoise_steps == 10
+    seen = {}
+    original = model._loss
+
+    def spy(batch, index):
+        if "loss" not in seen:
+            seen["batch"] = batch
+            seen["loss"] = original(batch, index)
+        return original(batch, index)
+
+    model._loss = spy
+    model.learn(48)  # 12-step episodes: labelled decisions from the second iteration on
+    batch = seen["batch"]
+    assert int(batch.step_index.max()) > 3  # steps of the 10-step chain were stored
+    rows = model.policy.executed_rows
+    mean, std = model.policy.solver.transition_mean(batch.x_k[:, :rows], batch.v_old, batch.step_index)
+    residual = (batch.x_next - mean) / std  # exactly the injected noise: the loss's coefficients match the rollout
+    assert residual.abs().max() < 8 and abs(float(residual.std()) - 1.0) < 0.2
+    # the first minibatch after θ_old ← θ gives exactly log 2 (+ κ·0)
+    loss, stats = seen["loss"]
+    assert stats["policy_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    with pytest.raises(ValueError, match="set twice"):
+        StepNFT("MlpPolicy", point_reach_vec(n_envs=1), num_denoise_steps=6, policy_kwargs=dict(num_denoise_steps=10))
+    with pytest.raises(ValueError, match="noise_level"):
+        StepNFT("MlpPolicy", point_reach_vec(n_envs=1), noise_level=0.3, policy_kwargs=dict(noise_level=0.4))
+    with pytest.raises(ValueError, match="step_selection"):
+        StepNFT("MlpPolicy", point_reach_vec(n_envs=1), step_selection=7, policy_kwargs=dict(num_denoise_steps=6))
+    assert StepNFT("MlpPolicy", point_reach_vec(n_envs=1), step_selection=7,
+                   policy_kwargs=dict(num_denoise_steps=10)).step_selection == 7  # fmt: skip

@@ -8,8 +8,12 @@ from collections.abc import Iterator
 import torch as th
 from torch import nn
 
+# The authors' effective schedule (ALGORITHM.md §3.5): T = runner.max_epochs (400 in their ManiSkill configs) while the
+# runs stop at 240 iterations, so T is 400/240 = 5/3 of the iterations a run makes and the rollout decay ends near 0.69.
+EMA_HORIZON_RATIO = 400 / 240
 
-def ema_decay_at(iteration: int, horizon: int, decay: float | tuple[float, float]) -> float:
+
+def ema_decay_at(iteration: float, horizon: float, decay: float | tuple[float, float]) -> float:
     """Decay ``d(g)`` of iteration ``g`` (counted from 0).
 
     A float is a constant decay; a pair ``(d_start, d_end)`` is the cosine schedule

@@ -1,14 +1,14 @@
 """The rollout loop shared by the flow algorithms (StepNFT and the πRL baselines).
 
 What differs per algorithm: which solver steps are stochastic and what is stored (:meth:`_sample_decisions`,
-:meth:`_step_outcome`), which weights act during rollouts (:meth:`_rollout_context`), and how decisions get their
-labels (:meth:`_label_episodes` for episode outcomes, or all of :meth:`_label_rollout` for per-decision labels such
-as FlowPPO's GAE advantages). Everything else -- SB3's callback order, episode bookkeeping, pending decisions
-across rollouts, discards on outside resets -- lives here once.
+:meth:`_step_outcome`, a typed record :attr:`decision_type`), which weights act during rollouts
+(:meth:`_rollout_context`), the labelling rule (:meth:`_make_labeller`, :mod:`sb3_stepnft.common.labels`) and the
+loss of a minibatch (:meth:`_loss`, with :meth:`_after_update` for StepNFT's EMA step). Everything else -- SB3's
+callback order, episode bookkeeping, pending decisions across rollouts, discards on outside resets, the one update
+loop (:meth:`train`) -- lives here once.
 """
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -22,30 +22,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
+from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
+from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer_step
+from sb3_stepnft.common.records import FlowDecisions
 from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 from sb3_stepnft.vla.policy import FlowVLAPolicy
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")
-
-
-@dataclass
-class FinishedEpisode:
-    """Outcome of one finished episode: ``success`` is None when the env reported no ``is_success``.
-
-    ``env_episode_index`` counts the episodes of env ``env_index`` since the env was last reset from outside
-    (0 for its first): FlowGRPO's round of a group.
-    """
-
-    episode_id: int
-    env_index: int
-    success: bool | None
-    episode_return: float
-    env_episode_index: int = 0
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss of a flow algorithm became NaN or infinite."""
 
 
 def check_positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
@@ -57,11 +41,45 @@ def check_positive(name: str, value, integer: bool = False, allow_zero: bool = F
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {value!r}")
 
 
+def resolve_solver_settings(
+    num_denoise_steps: int,
+    noise_level: float,
+    policy_kwargs: dict[str, Any] | None,
+    defaults: dict[str, Any],
+    algorithm: str,
+) -> dict[str, Any]:
+    """K and the noise level ``a`` of the policy's :class:`~sb3_stepnft.common.flow.FlowSolver`, their one owner.
+
+    Each may be given to the algorithm or in ``policy_kwargs`` (e.g. by ``pi0_policy_kwargs(num_denoise_steps=10)``).
+    A value in ``policy_kwargs`` is used when the algorithm's argument is left at its default; two different values
+    that were both set are an error, never a silent choice.
+    """
+    settings = {}
+    for name, value in (("num_denoise_steps", num_denoise_steps), ("noise_level", noise_level)):
+        in_policy = (policy_kwargs or {}).get(name)
+        if in_policy is None or in_policy == value:
+            settings[name] = value
+        elif value == defaults[name]:
+            settings[name] = in_policy
+        else:
+            raise ValueError(
+                f"{algorithm}: {name} is set twice with different values ({name}={value!r} and "
+                f"policy_kwargs[{name!r}]={in_policy!r}). The policy's solver is its one owner: set it in one place."
+            )
+    check_positive("num_denoise_steps", settings["num_denoise_steps"], integer=True)
+    check_positive("noise_level", settings["noise_level"], allow_zero=True)
+    settings["num_denoise_steps"] = int(settings["num_denoise_steps"])
+    settings["noise_level"] = float(settings["noise_level"])
+    return settings
+
+
 class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     """Base of the on-policy flow algorithms: an SB3 ``OnPolicyAlgorithm`` with a :class:`DecisionBuffer`.
 
     :param num_denoise_steps: K, solver steps per action chunk.
-    :param noise_level: noise level ``a`` of the Flow-SDE steps.
+    :param noise_level: noise level ``a`` of the Flow-SDE steps. Both are handed to the policy, whose
+        :class:`~sb3_stepnft.common.flow.FlowSolver` owns them; a value in ``policy_kwargs`` is used when the argument
+        is left at the algorithm's default, and two different values set in both places are an error.
     :param batch_size: minibatch size of the update.
     :param n_epochs: passes over the labelled decisions per iteration.
     Other parameters: see SB3's ``OnPolicyAlgorithm``.
@@ -75,6 +93,10 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     }
     policy: FlowPolicy
     rollout_buffer: DecisionBuffer
+    labeller: EpisodeLabeller
+    decision_type: ClassVar[type[FlowDecisions]] = FlowDecisions
+    logged_stats: ClassVar[tuple[str, ...] | None] = None  # train/* keys of the loss stats (None: all)
+    _non_finite_hint: ClassVar[str] = "Lower learning_rate, check observations for NaN/inf (VecNormalize or VecCheckNan help)."
     _exploration_hint: ClassVar[str] = "Set `noise_level` (the noise of the Flow-SDE steps) instead."
 
     def __init__(
@@ -107,8 +129,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{type(self).__name__} does not use SB3's gSDE (use_sde/sde_sample_freq): exploration comes from the "
                 f"stochastic flow sampler. {self._exploration_hint}"
             )
-        check_positive("num_denoise_steps", num_denoise_steps, integer=True)
-        check_positive("noise_level", noise_level, allow_zero=True)
+        self._solver_settings = resolve_solver_settings(
+            num_denoise_steps, noise_level, policy_kwargs, self.solver_defaults(), type(self).__name__
+        )
         check_positive("n_steps", n_steps, integer=True)
         check_positive("batch_size", batch_size, integer=True)
         check_positive("n_epochs", n_epochs, integer=True)
@@ -139,8 +162,6 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         )
         self.batch_size = int(batch_size)
         self.n_epochs = int(n_epochs)
-        self.num_denoise_steps = int(num_denoise_steps)
-        self.noise_level = float(noise_level)
         self.discarded_decisions = 0
         self._episode_ids: np.ndarray | None = None
         if _init_setup_model:
@@ -154,19 +175,69 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.policy = self.policy.to(self.device)
         if not isinstance(self.policy, FlowPolicy):
             raise TypeError(f"{type(self).__name__} needs a flow policy (sb3_stepnft.policies), got {self.policy_class}")
+        solver = (self.policy.solver.num_denoise_steps, self.policy.solver.noise_level)
+        if solver != (self.solver_settings["num_denoise_steps"], self.solver_settings["noise_level"]):
+            raise ValueError(
+                f"{self.policy_class.__name__} built a solver with (num_denoise_steps, noise_level) = {solver}, not the "
+                f"{self.solver_settings} it was given: pass both arguments on to FlowPolicy._setup_flow."
+            )
         self.rollout_buffer = DecisionBuffer(self.observation_space, self.n_envs, self.device)
         # A frozen encoder's features (the VLA prefix) may be stored with the decisions, so the update runs only
         # the trainable part; the policy decides from its size per rollout (ALGORITHM.md §3.6, prefix_cache).
         self.policy.resolve_feature_cache(self.n_steps * self.n_envs)
         self._feature_memo: tuple[Any, Any] | None = None
         self._reset_episode_tracking()
+        self.labeller = self._make_labeller()
+        saved_state = self.__dict__.pop("_labeller_state", None)
+        if saved_state:
+            self.labeller.load_state(saved_state)
+
+    def _make_labeller(self) -> EpisodeLabeller:
+        """The algorithm's labelling rule (:mod:`sb3_stepnft.common.labels`)."""
+        raise NotImplementedError
 
     def _policy_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments the policy is built with: the user's ``policy_kwargs`` plus the algorithm's defaults
+        """The keyword arguments the policy is built with: the user's ``policy_kwargs`` plus the solver settings
         (``self.policy_kwargs`` itself is left as given, so that ``load(..., policy_kwargs=...)`` compares equal)."""
-        policy_kwargs = dict(self.policy_kwargs)
-        policy_kwargs.setdefault("num_denoise_steps", self.num_denoise_steps)
-        return policy_kwargs
+        return {**self.policy_kwargs, **self.solver_settings}
+
+    @classmethod
+    def solver_defaults(cls) -> dict[str, Any]:
+        """The defaults of ``num_denoise_steps`` and ``noise_level`` in this algorithm's signature."""
+        import inspect
+
+        parameters = inspect.signature(cls.__init__).parameters
+        return {name: parameters[name].default for name in ("num_denoise_steps", "noise_level")}
+
+    @property
+    def solver_settings(self) -> dict[str, Any]:
+        """``num_denoise_steps`` and ``noise_level`` handed to the policy (checkpoints of 0.1.0 stored them as
+        attributes of the algorithm)."""
+        if "_solver_settings" not in self.__dict__:
+            self._solver_settings = dict(
+                num_denoise_steps=int(self.__dict__.get("num_denoise_steps", self.solver_defaults()["num_denoise_steps"])),
+                noise_level=float(self.__dict__.get("noise_level", self.solver_defaults()["noise_level"])),
+            )
+        return self._solver_settings
+
+    @property
+    def solver(self):
+        """The policy's :class:`~sb3_stepnft.common.flow.FlowSolver`: K, the noise level and every coefficient."""
+        return self.policy.solver
+
+    @property
+    def num_denoise_steps(self) -> int:
+        """K (read-only: the policy's solver owns it)."""
+        return self.solver.num_denoise_steps if self._has_policy else self.solver_settings["num_denoise_steps"]
+
+    @property
+    def noise_level(self) -> float:
+        """``a`` of the Flow-SDE steps (read-only: the policy's solver owns it)."""
+        return self.solver.noise_level if self._has_policy else self.solver_settings["noise_level"]
+
+    @property
+    def _has_policy(self) -> bool:
+        return getattr(self, "policy", None) is not None
 
     def _reset_episode_tracking(self) -> None:
         self._episode_ids = np.arange(self.n_envs, dtype=np.int64)
@@ -185,6 +256,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_env_episode_counts",
             "_finished_episodes",
             "_feature_memo",
+            "labeller",
         ]
 
     # ------------------------------------------------------------------------------------------------ learning
@@ -236,10 +308,12 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         portable = getattr(self.policy, "portable_policy_kwargs", None)
         if portable is not None:
             self.policy_kwargs = portable(given)
+        self._labeller_state = self.labeller.state()  # JSON-able: outcome decision, running statistics, counters
         try:
             atomic_save(super().save, path, exclude=exclude, include=include)
         finally:
             self.policy_kwargs = given
+            del self._labeller_state
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
@@ -274,32 +348,98 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._feature_memo = (obs, features) if self.policy.encoder_is_frozen else None
         return features
 
-    def _encode_batch(self, batch: dict[str, Any]):
+    def _encode_batch(self, batch: FlowDecisions):
         """Features of a training minibatch: the stored prefix features when the policy caches them, else the
         observations encoded once for the minibatch (with gradients for a trainable encoder, §3.6)."""
-        if "features" in batch:
-            return self.policy.features_from_flat(batch["features"])
-        return self.policy.encode(batch["obs"])
+        if batch.features is not None:
+            return self.policy.features_from_flat(batch.features)
+        return self.policy.encode(batch.obs)
 
     def _step_outcome(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Fields stored with this env step's decisions that depend on the env's response (``(n_envs, ...)`` arrays)."""
         return {}
 
-    def _label_episodes(self, finished: list[FinishedEpisode]) -> dict[int, float | None]:
-        """Labels (``episode_id -> value``) for episodes finished so far; unlabelled ones stay pending, a label of
-        None drops the episode's decisions."""
-        raise NotImplementedError
-
     def _label_rollout(self, rollout_buffer: DecisionBuffer) -> None:
-        """Label decisions at the end of a complete rollout: by default with the outcomes of finished episodes
-        (:meth:`_label_episodes`); decisions of episodes without a label stay pending."""
-        labels = self._label_episodes(self._finished_episodes)
+        """Label decisions at the end of a complete rollout. An episode labeller labels the episodes finished so far
+        (decisions of episodes without a label stay pending); a per-decision labeller (FlowPPO's GAE) labels every
+        decision of the rollout at once through :meth:`_label_steps`."""
+        if getattr(self.labeller, "per_decision", False):
+            labels, fields = self._label_steps(rollout_buffer.rollout_steps())
+            rollout_buffer.label_steps(labels, **fields)
+            self._finished_episodes = []  # episode outcomes are not labels here
+            return
+        labels = self.labeller.label(self._finished_episodes)
         self._finished_episodes = [ep for ep in self._finished_episodes if ep.episode_id not in labels]
         rollout_buffer.label(labels)
         rollout_buffer.finish_rollout()
 
+    def _label_steps(self, steps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Per-decision labels of a rollout's ``(n_steps, n_envs)`` fields, and more fields to store with them."""
+        raise NotImplementedError
+
     def _on_episode_end(self, episode: FinishedEpisode, info: dict[str, Any]) -> None:
         """Called once per finished episode, during the rollout (checks that must fail early go here)."""
+        on_episode_end = getattr(self.labeller, "on_episode_end", None)
+        if on_episode_end is not None:
+            on_episode_end(episode, info)
+
+    # ------------------------------------------------------------------------------------------- the update
+    def _training_data(self) -> dict[str, Any] | None:
+        """The labelled decisions of this iteration (flat arrays), or None."""
+        return self.rollout_buffer.pop_labelled()
+
+    def _before_update(self, data: dict[str, Any] | None) -> None:
+        """Called once per iteration before the first minibatch (per-iteration settings such as a clip range)."""
+
+    def _loss(self, batch: FlowDecisions, index: np.ndarray) -> tuple[th.Tensor, dict[str, float]]:
+        """The algorithm's loss of one minibatch and its statistics (``index``: rows of this iteration's data)."""
+        raise NotImplementedError
+
+    def _after_update(self, data: dict[str, Any] | None) -> None:
+        """Called once per iteration after the gradient steps, also when there were none (StepNFT's EMA step)."""
+
+    def _log_training(self, data: dict[str, Any] | None) -> None:
+        """Algorithm-specific logs after an update."""
+
+    def train(self) -> None:
+        """The one update loop: ``n_epochs`` passes of shuffled minibatches over this iteration's labelled decisions,
+        one :func:`~sb3_stepnft.common.optim.optimizer_step` of the algorithm's :meth:`_loss` each, then
+        :meth:`_after_update`. An iteration without labelled decisions makes no step but still logs (§3.1)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        data = self._training_data()
+        n_decisions = 0 if data is None else len(data["episode_id"])
+        self._before_update(data)
+        stats = RunningMeans()
+        if n_decisions:
+            for _ in range(self.n_epochs):
+                permutation = th.randperm(n_decisions).numpy()
+                for start in range(0, n_decisions, self.batch_size):
+                    index = permutation[start : start + self.batch_size]
+                    batch = self.decision_type.from_batch(self.rollout_buffer.to_torch(data, index))
+                    loss, step_stats = self._loss(batch, index)
+                    step_stats["loss"] = optimizer_step(
+                        self.policy.optimizer,
+                        loss,
+                        self.policy.trainable_parameters(),
+                        self.max_grad_norm,
+                        self._describe_non_finite,
+                    )
+                    stats.add(step_stats)
+            self._n_updates += self.n_epochs
+        self._after_update(data)
+
+        for key, value in stats.means().items():
+            if self.logged_stats is None or key in self.logged_stats:
+                self.logger.record(f"train/{key}", value)
+        self.logger.record("train/n_labelled", n_decisions)
+        self.logger.record("train/n_pending", self.rollout_buffer.n_pending)
+        self.logger.record("train/discarded_decisions", self.discarded_decisions)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self._log_training(data)
+
+    def _describe_non_finite(self, loss: float) -> str:
+        return f"{type(self).__name__} loss is {loss} at update {self._n_updates}. {self._non_finite_hint}"
 
     # ----------------------------------------------------------------------------------------------- rollout
     def collect_rollouts(

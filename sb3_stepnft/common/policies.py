@@ -22,7 +22,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_stepnft.common.flow import FlowChain, sample_chain
+from sb3_stepnft.common.flow import FlowChain, FlowSolver, SamplingPlan
 
 DEFAULT_OPTIMIZER_KWARGS = dict(betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)  # ALGORITHM.md §3.7
 
@@ -65,7 +65,10 @@ class FlowPolicy(BasePolicy):
     :param net_arch: Hidden sizes of the velocity network (a list), or ``dict(pi=[...], vf=[...])``
         (``vf`` is used by algorithms with a value head). Default ``[256, 256]``.
     :param activation_fn: Activation of the velocity network.
-    :param num_denoise_steps: K, the number of solver steps used by ``predict``.
+    :param num_denoise_steps: K, the number of solver steps (rollouts, ``predict`` and every loss).
+    :param noise_level: ``a``, the noise level of the Flow-SDE steps of training rollouts. K and ``a`` live in the
+        policy's :class:`~sb3_stepnft.common.flow.FlowSolver` (``policy.solver``), their one owner; algorithms pass
+        their own ``num_denoise_steps``/``noise_level`` arguments here.
     :param time_embed_dim: Size of the sinusoidal time embedding.
     :param chunk_size: Rows the velocity network outputs (>= the executed rows H of the action space;
         None: H).
@@ -90,6 +93,7 @@ class FlowPolicy(BasePolicy):
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.SiLU,
         num_denoise_steps: int = 4,
+        noise_level: float = 0.2,
         time_embed_dim: int = 32,
         chunk_size: int | None = None,
         action_dim: int | None = None,
@@ -112,7 +116,7 @@ class FlowPolicy(BasePolicy):
             optimizer_kwargs=optimizer_kwargs,
             squash_output=False,
         )
-        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps)
+        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps, noise_level)
         self.time_embed_dim = time_embed_dim
         self.net_arch = [256, 256] if net_arch is None else net_arch
         self.activation_fn = activation_fn
@@ -123,8 +127,8 @@ class FlowPolicy(BasePolicy):
         self.features_dim = self.features_extractor.features_dim
         self._build(lr_schedule)
 
-    def _setup_flow(self, action_space: spaces.Box, chunk_size, action_dim, num_denoise_steps) -> None:
-        """Chunk geometry, solver steps and action bounds (shared by every flow policy)."""
+    def _setup_flow(self, action_space: spaces.Box, chunk_size, action_dim, num_denoise_steps, noise_level=0.2) -> None:
+        """Chunk geometry, the solver (K and the noise level) and action bounds (shared by every flow policy)."""
         self.executed_rows, self.real_action_dim = chunk_shape(action_space)
         self.chunk_size = chunk_size or self.executed_rows
         self.action_dim = action_dim or self.real_action_dim
@@ -133,13 +137,21 @@ class FlowPolicy(BasePolicy):
                 f"chunk_size={self.chunk_size} and action_dim={self.action_dim} must be at least the action space's "
                 f"(H, A) = ({self.executed_rows}, {self.real_action_dim})"
             )
-        if int(num_denoise_steps) != num_denoise_steps or num_denoise_steps < 1:
-            raise ValueError(f"num_denoise_steps must be a positive integer, got {num_denoise_steps}")
-        self.num_denoise_steps = int(num_denoise_steps)
+        self.solver = FlowSolver(num_denoise_steps, noise_level)
         low = th.as_tensor(np.broadcast_to(action_space.low, action_space.shape).copy(), dtype=th.float32)
         high = th.as_tensor(np.broadcast_to(action_space.high, action_space.shape).copy(), dtype=th.float32)
         self.register_buffer("_action_low", low.reshape(self.executed_rows, self.real_action_dim), persistent=False)
         self.register_buffer("_action_high", high.reshape(self.executed_rows, self.real_action_dim), persistent=False)
+
+    @property
+    def num_denoise_steps(self) -> int:
+        """K, read from the solver (its one owner)."""
+        return self.solver.num_denoise_steps
+
+    @property
+    def noise_level(self) -> float:
+        """``a``, read from the solver (its one owner)."""
+        return self.solver.noise_level
 
     # ----------------------------------------------------------------------------------------------------- build
     @property
@@ -184,6 +196,7 @@ class FlowPolicy(BasePolicy):
                 net_arch=self.net_arch,
                 activation_fn=self.activation_fn,
                 num_denoise_steps=self.num_denoise_steps,
+                noise_level=self.noise_level,
                 time_embed_dim=self.time_embed_dim,
                 chunk_size=self.chunk_size,
                 action_dim=self.action_dim,
@@ -227,31 +240,41 @@ class FlowPolicy(BasePolicy):
         inputs = th.cat([features.float(), x_t.reshape(batch, -1).float(), self.time_embedding(t)], dim=-1)
         return self.velocity_net(inputs).reshape(batch, self.chunk_size, self.action_dim)
 
-    def initial_noise(self, batch_size: int, deterministic: bool = False) -> th.Tensor:
-        """x_0: zeros when deterministic, else ``N(0, I)`` from torch's global generator (seeded by SB3)."""
+    def initial_noise(self, batch_size: int, deterministic: bool = False, generator: th.Generator | None = None) -> th.Tensor:
+        """x_0: zeros when deterministic, else ``N(0, I)`` from ``generator`` (default: torch's global generator,
+        seeded by SB3)."""
         shape = (batch_size, self.chunk_size, self.action_dim)
         if deterministic:
             return th.zeros(shape, device=self.device)
-        return th.randn(shape, device=self.device)
+        return th.randn(shape, device=self.device, generator=generator)
 
     def sample(
         self,
-        features: th.Tensor,
-        sampler: str = "ode",
-        noise_level: float = 0.0,
+        features,
+        plan: str | SamplingPlan = "ode",
         stochastic_step: int | None = None,
         deterministic: bool = False,
-        num_denoise_steps: int | None = None,
+        x_0: th.Tensor | None = None,
+        generator: th.Generator | None = None,
     ) -> FlowChain:
-        """Sample a whole chain for a batch of encoded observations (see :func:`sample_chain`)."""
-        x_0 = self.initial_noise(len(features), deterministic)
-        return sample_chain(
-            lambda x_t, t: self.velocity(x_t, t, features),
-            x_0,
-            num_denoise_steps or self.num_denoise_steps,
-            sampler=sampler,
-            noise_level=noise_level,
-            stochastic_step=stochastic_step,
+        """Sample a whole chain for a batch of encoded observations with the policy's solver.
+
+        :param features: what :meth:`encode` returned (computed once, reused for all K steps).
+        :param plan: a :class:`~sb3_stepnft.common.flow.SamplingPlan` or a sampler name (``"ode"``, ``"sde"``,
+            ``"one_step_sde"`` with ``stochastic_step``).
+        :param deterministic: start from x_0 = 0 instead of noise (ignored when ``x_0`` is given).
+        :param x_0: an injected ``(B, chunk_size, action_dim)`` start of the chain.
+        :param generator: torch generator of x_0 and of the injected Flow-SDE noise.
+        """
+        if x_0 is None:
+            x_0 = self.initial_noise(len(features), deterministic, generator)
+        elif x_0.shape != (len(features), self.chunk_size, self.action_dim):
+            raise ValueError(
+                f"x_0 must have shape {(len(features), self.chunk_size, self.action_dim)} (batch, chunk_size, action_dim), "
+                f"got {tuple(x_0.shape)}"
+            )
+        return self.solver.sample(
+            lambda x_t, t: self.velocity(x_t, t, features), x_0, plan, generator, stochastic_step=stochastic_step
         )
 
     # -------------------------------------------------------------------------------------------- value head
@@ -287,7 +310,7 @@ class FlowPolicy(BasePolicy):
     # ------------------------------------------------------------------------------------------- SB3 acting
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """Student policy, Euler ODE from x_0 = 0 (deterministic) or x_0 ~ N(0, I) (ALGORITHM.md §1)."""
-        chain = self.sample(self.encode(observation), sampler="ode", deterministic=deterministic)
+        chain = self.sample(self.encode(observation), "ode", deterministic=deterministic)
         return self.to_env_units(chain.sample)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:

@@ -7,7 +7,7 @@ Shapes: ``B`` decisions, ``H`` chunk rows, ``D`` action dims.
 import torch as th
 import torch.nn.functional as F
 
-from sb3_stepnft.common.flow import gaussian_log_prob, sde_mean
+from sb3_stepnft.common.flow import FlowSolver
 
 
 def sde_step_row_log_prob(
@@ -29,8 +29,7 @@ def sde_step_row_log_prob(
     :param step_index: ``(B,)`` LongTensor, the stochastic step k of each sample.
     :return: ``(B, H)`` row log-likelihoods.
     """
-    mean, std = sde_mean(x_k, velocity, step_index, num_denoise_steps, noise_level)
-    return gaussian_log_prob(x_next, mean, std).sum(dim=-1)
+    return FlowSolver(num_denoise_steps, noise_level).row_log_prob(x_next, x_k, velocity, step_index)
 
 
 def chunk_log_prob(row_log_prob: th.Tensor, row_mask: th.Tensor | None = None) -> th.Tensor:
@@ -40,24 +39,44 @@ def chunk_log_prob(row_log_prob: th.Tensor, row_mask: th.Tensor | None = None) -
     return (row_log_prob * row_mask.to(row_log_prob.dtype)).sum(dim=-1)
 
 
-def clipped_surrogate_loss(
-    log_prob: th.Tensor, old_log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
-) -> tuple[th.Tensor, dict[str, float]]:
-    """PPO's clipped surrogate ``-mean(min(ρ·A, clip(ρ, 1-ε, 1+ε)·A))`` with ``ρ = exp(log π_θ - log π_old)``.
+DUAL_CLIP = 3.0  # πRL's clip_ratio_c, set by every Flow-SDE config (ALGORITHM.md §4)
 
-    :return: the loss and ``dict(policy_loss, clip_fraction, approx_kl, ratio_error)`` where ``approx_kl`` is SB3's
-        ``mean((ρ - 1) - log ρ)`` and ``ratio_error`` is ``max |ρ - 1|`` (0 on the first minibatch of an iteration).
+
+def clipped_surrogate_loss(
+    log_prob: th.Tensor,
+    old_log_prob: th.Tensor,
+    advantages: th.Tensor,
+    clip_range: float,
+    dual_clip: float | None = DUAL_CLIP,
+) -> tuple[th.Tensor, dict[str, float]]:
+    """PPO's clipped surrogate with πRL's dual clip, ``ρ = exp(log π_θ - log π_old)``:
+
+    ``l = max(-ρ·A, -clip(ρ, 1-ε, 1+ε)·A)``; where ``A < 0`` it is capped at ``dual_clip·|A|``
+    (``min(l, -dual_clip·A)``, πRL's ``clip_ratio_c``); the loss is ``mean(l)``. ``dual_clip=None`` gives plain PPO.
+
+    :return: the loss and ``dict(policy_loss, clip_fraction, dual_clip_fraction, approx_kl, ratio_error)`` where
+        ``approx_kl`` is SB3's ``mean((ρ - 1) - log ρ)`` and ``ratio_error`` is ``max |ρ - 1|`` (0 on the first
+        minibatch of an iteration).
     """
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1 (πRL: 3.0) or None, got {dual_clip!r}")
     log_ratio = log_prob - old_log_prob
     ratio = th.exp(log_ratio)
     advantages = advantages.to(ratio.dtype)
-    unclipped = advantages * ratio
-    clipped = advantages * th.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = -th.min(unclipped, clipped).mean()
+    unclipped = -advantages * ratio
+    clipped = -advantages * th.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    per_sample = th.max(unclipped, clipped)
+    dual_clipped = th.zeros_like(per_sample, dtype=th.bool)
+    if dual_clip is not None:
+        cap = -advantages * dual_clip
+        dual_clipped = (advantages < 0) & (per_sample > cap)
+        per_sample = th.where(advantages < 0, th.min(per_sample, cap), per_sample)
+    loss = per_sample.mean()
     with th.no_grad():
         stats = dict(
             policy_loss=float(loss.item()),
             clip_fraction=float(((ratio - 1.0).abs() > clip_range).float().mean().item()),
+            dual_clip_fraction=float(dual_clipped.float().mean().item()) if ratio.numel() else 0.0,
             approx_kl=float(((ratio - 1.0) - log_ratio).mean().item()),
             ratio_error=float((ratio - 1.0).abs().max().item()) if ratio.numel() else 0.0,
         )

@@ -6,19 +6,18 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_stepnft.common.on_policy import FinishedEpisode
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.policy_gradient import FlowPolicyGradient
+from sb3_stepnft.common.surrogate import DUAL_CLIP
 from sb3_stepnft.flow_grpo.groups import (
+    FILTER_RANGE,
+    GroupRelative,
     align_group_seeds,
     check_group_sizes,
-    complete_rounds,
-    episode_score,
-    group_advantages,
     warn_without_shared_initial_states,
 )
 
-FILTER_RANGE = (0.1, 0.9)  # filter_groups keeps groups whose mean score lies in this range
+__all__ = ["FlowGRPO", "FILTER_RANGE"]
 
 
 class FlowGRPO(FlowPolicyGradient):
@@ -42,9 +41,11 @@ class FlowGRPO(FlowPolicyGradient):
     :param batch_size: Minibatch size of the update.
     :param n_epochs: Passes over the labelled decisions per iteration.
     :param gamma: Accepted for SB3 compatibility; unused (scores are undiscounted episode outcomes).
-    :param num_denoise_steps: K, solver steps per chunk.
-    :param noise_level: ``a``, the noise level of the one Flow-SDE step of the rollouts (πRL: 0.5).
+    :param num_denoise_steps: K, solver steps per chunk (the policy's solver owns it: a value in ``policy_kwargs``
+        is used when this is left at its default; two different values set in both places are an error).
+    :param noise_level: ``a``, the noise level of the one Flow-SDE step of the rollouts (πRL: 0.5; the same rule).
     :param clip_range: ε of the clipped surrogate (or a schedule).
+    :param dual_clip: πRL's dual clip ``clip_ratio_c``: for A < 0 the loss is capped at ``dual_clip·|A|`` (None: off).
     :param group_size: G, envs per group (at least 2).
     :param filter_groups: Drop the decisions of rounds whose mean score lies outside [0.1, 0.9].
     :param max_grad_norm: Gradient-norm clip.
@@ -69,6 +70,7 @@ class FlowGRPO(FlowPolicyGradient):
         num_denoise_steps: int = 4,
         noise_level: float = 0.5,
         clip_range: float | Schedule = 0.2,
+        dual_clip: float | None = DUAL_CLIP,
         group_size: int = 8,
         filter_groups: bool = False,
         max_grad_norm: float = 1.0,
@@ -87,7 +89,6 @@ class FlowGRPO(FlowPolicyGradient):
             raise ValueError(f"group_size must be an integer >= 2, got {group_size!r}")
         self.group_size = int(group_size)
         self.filter_groups = bool(filter_groups)
-        self.filtered_groups = 0
         self._warned_without_shared_states = False
         super().__init__(
             policy,
@@ -103,6 +104,7 @@ class FlowGRPO(FlowPolicyGradient):
             num_denoise_steps=num_denoise_steps,
             noise_level=noise_level,
             clip_range=clip_range,
+            dual_clip=dual_clip,
             use_sde=use_sde,
             sde_sample_freq=sde_sample_freq,
             stats_window_size=stats_window_size,
@@ -145,23 +147,19 @@ class FlowGRPO(FlowPolicyGradient):
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     # ------------------------------------------------------------------------------------------------ labels
-    def _label_episodes(self, finished: list[FinishedEpisode]) -> dict[int, float | None]:
-        """Group-relative advantages of the rounds that every member finished; other episodes stay pending."""
-        labels: dict[int, float | None] = {}
-        for members in complete_rounds(finished, self.group_size):
-            scores = np.array([episode_score(ep) for ep in members])
-            # The range is meant for success scores; with return scores it is applied as it is (ours).
-            if self.filter_groups and not FILTER_RANGE[0] <= scores.mean() <= FILTER_RANGE[1]:
-                labels.update({ep.episode_id: None for ep in members})  # dropped, counted by the buffer
-                self.filtered_groups += 1
-                continue
-            advantages = group_advantages(scores)
-            labels.update({ep.episode_id: float(a) for ep, a in zip(members, advantages)})
-        return labels
+    def _make_labeller(self) -> GroupRelative:
+        labeller = GroupRelative(self.group_size, self.filter_groups, FILTER_RANGE)
+        legacy = self.__dict__.pop("filtered_groups", None)  # checkpoints of 0.1.0 stored it on the algorithm
+        if legacy is not None:
+            labeller.filtered_groups = int(legacy)
+        return labeller
+
+    @property
+    def filtered_groups(self) -> int:
+        """Rounds dropped by ``filter_groups`` so far."""
+        return self.labeller.filtered_groups
 
     def _log_training(self, data: dict[str, Any] | None) -> None:
-        self.logger.record("train/n_pending", self.rollout_buffer.n_pending)
-        self.logger.record("train/discarded_decisions", self.discarded_decisions)
         if self.filter_groups:
             self.logger.record("train/filtered_groups", self.filtered_groups)
             self.logger.record("train/filtered_decisions", self.rollout_buffer.dropped_decisions)

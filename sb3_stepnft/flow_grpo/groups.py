@@ -3,14 +3,16 @@ vector env gives the members of a group shared initial states."""
 
 import warnings
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_stepnft.common.on_policy import FinishedEpisode
+from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
 from sb3_stepnft.wrappers import GroupSeed
 
 GROUP_STD_EPS = 1e-6
+FILTER_RANGE = (0.1, 0.9)  # filter_groups keeps groups whose mean score lies in this range
 
 
 def group_advantages(scores, epsilon: float = GROUP_STD_EPS) -> np.ndarray:
@@ -86,3 +88,37 @@ def align_group_seeds(env: VecEnv, group_size: int) -> None:
         behind = [i for i in members if counters[i] != target]
         if behind:
             env.env_method("set_episode_counter", target, indices=behind)
+
+
+class GroupRelative(EpisodeLabeller):
+    """FlowGRPO's labels (ALGORITHM.md §4): once every member of a group finished round j, each episode's score
+    (success, else the undiscounted return) becomes ``A = (S - mean)/(std + 1e-6)`` (unbiased std).
+
+    :param group_size: G, envs per group (env i is in group i // G).
+    :param filter_groups: drop the rounds whose mean score lies outside ``filter_range``.
+    """
+
+    def __init__(self, group_size: int, filter_groups: bool = False, filter_range: tuple[float, float] = FILTER_RANGE):
+        self.group_size = int(group_size)
+        self.filter_groups = bool(filter_groups)
+        self.filter_range = filter_range
+        self.filtered_groups = 0
+
+    def label(self, finished: list[FinishedEpisode]) -> dict[int, float | None]:
+        labels: dict[int, float | None] = {}
+        for members in complete_rounds(finished, self.group_size):
+            scores = np.array([episode_score(ep) for ep in members])
+            # The range is meant for success scores; with return scores it is applied as it is (ours).
+            if self.filter_groups and not self.filter_range[0] <= scores.mean() <= self.filter_range[1]:
+                labels.update({ep.episode_id: None for ep in members})  # dropped, counted by the buffer
+                self.filtered_groups += 1
+                continue
+            advantages = group_advantages(scores)
+            labels.update({ep.episode_id: float(a) for ep, a in zip(members, advantages)})
+        return labels
+
+    def state(self) -> dict[str, Any]:
+        return dict(filtered_groups=self.filtered_groups)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.filtered_groups = int(state.get("filtered_groups", 0))

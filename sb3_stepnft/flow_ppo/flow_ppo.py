@@ -7,14 +7,14 @@ import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
-from sb3_stepnft.common.buffers import DecisionBuffer
 from sb3_stepnft.common.on_policy import check_positive
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.policy_gradient import FlowPolicyGradient, check_schedule_or_positive
-from sb3_stepnft.common.surrogate import clipped_value_loss
-from sb3_stepnft.flow_ppo.gae import compute_gae
+from sb3_stepnft.common.records import PPODecisions
+from sb3_stepnft.common.surrogate import DUAL_CLIP, clipped_value_loss
+from sb3_stepnft.flow_ppo.gae import GAE
 
-ADVANTAGE_EPS = 1e-5  # πRL's advantage normalisation, over the whole rollout
+ADVANTAGE_EPS = 1e-5  # πRL's advantage normalisation, over the whole rollout (unbiased std, as torch.std)
 
 
 class FlowPPO(FlowPolicyGradient):
@@ -34,9 +34,11 @@ class FlowPPO(FlowPolicyGradient):
     :param n_epochs: Passes over the rollout per iteration.
     :param gamma: Discount factor of GAE, per decision.
     :param gae_lambda: λ of GAE.
-    :param num_denoise_steps: K, solver steps per chunk.
-    :param noise_level: ``a``, the noise level of the one Flow-SDE step of the rollouts (πRL: 0.5).
+    :param num_denoise_steps: K, solver steps per chunk (the policy's solver owns it: a value in ``policy_kwargs``
+        is used when this is left at its default; two different values set in both places are an error).
+    :param noise_level: ``a``, the noise level of the one Flow-SDE step of the rollouts (πRL: 0.5; the same rule).
     :param clip_range: ε of the clipped surrogate (or a schedule).
+    :param dual_clip: πRL's dual clip ``clip_ratio_c``: for A < 0 the loss is capped at ``dual_clip·|A|`` (None: off).
     :param clip_range_vf: Clip of the value change around the rollout's estimate (or a schedule); None disables it.
     :param vf_coef: Weight of the critic loss.
     :param vf_huber_delta: δ of the Huber critic loss.
@@ -51,6 +53,8 @@ class FlowPPO(FlowPolicyGradient):
     :param _init_setup_model: Whether to build the networks at construction.
     """
 
+    decision_type = PPODecisions
+
     def __init__(
         self,
         policy: str | type[FlowPolicy],
@@ -64,6 +68,7 @@ class FlowPPO(FlowPolicyGradient):
         num_denoise_steps: int = 4,
         noise_level: float = 0.5,
         clip_range: float | Schedule = 0.2,
+        dual_clip: float | None = DUAL_CLIP,
         clip_range_vf: float | Schedule | None = 0.2,
         vf_coef: float = 1.0,
         vf_huber_delta: float = 10.0,
@@ -109,6 +114,7 @@ class FlowPPO(FlowPolicyGradient):
             num_denoise_steps=num_denoise_steps,
             noise_level=noise_level,
             clip_range=clip_range,
+            dual_clip=dual_clip,
             use_sde=use_sde,
             sde_sample_freq=sde_sample_freq,
             stats_window_size=stats_window_size,
@@ -160,31 +166,31 @@ class FlowPPO(FlowPolicyGradient):
                 rewards[index] += self.gamma * float(self.policy.predict_values(terminal_obs)[0].item())
         return dict(reward=rewards, done=np.asarray(dones, dtype=bool))
 
-    def _label_rollout(self, rollout_buffer: DecisionBuffer) -> None:
+    def _make_labeller(self) -> GAE:
+        return GAE(self.gamma, self.gae_lambda)
+
+    def _label_steps(self, steps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """GAE advantages for every decision of the rollout: FlowPPO never keeps decisions pending."""
-        steps = rollout_buffer.rollout_steps()
         with th.no_grad():
             last_features = self._encode_observation(self._last_obs)  # reused by the next rollout's first step
             last_values = self.policy.value_from_features(last_features).flatten().cpu().numpy()
-        advantages, returns = compute_gae(
-            steps["reward"], steps["value"], steps["done"], last_values, self.gamma, self.gae_lambda
-        )
-        rollout_buffer.label_steps(advantages, returns=returns)
-        self._finished_episodes = []  # episode outcomes are not labels here
+        advantages, returns = self.labeller.label(steps, last_values)
+        return advantages, dict(returns=returns)
 
     # ------------------------------------------------------------------------------------------------- train
     def _training_data(self) -> dict[str, Any] | None:
         data = self.rollout_buffer.pop_labelled()
         if data is not None:
-            # Normalised over the whole rollout, not per minibatch (πRL: population std + 1e-5); returns are not.
+            # Normalised over the whole rollout, not per minibatch (πRL: unbiased torch.std + 1e-5); returns are not.
             advantages = data["label"].astype(np.float64)
-            data["label"] = ((advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_EPS)).astype(np.float32)
+            std = advantages.std(ddof=1) if len(advantages) > 1 else 0.0
+            data["label"] = ((advantages - advantages.mean()) / (std + ADVANTAGE_EPS)).astype(np.float32)
         return data
 
-    def _extra_loss(self, batch: dict[str, Any], features: th.Tensor, stats: dict[str, float]) -> th.Tensor:
+    def _extra_loss(self, batch: PPODecisions, features, stats: dict[str, float]) -> th.Tensor:
         values = self.policy.value_from_features(features).flatten()  # features detached inside: no encoder gradient
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
-        value_loss = clipped_value_loss(values, batch["value"], batch["returns"], clip_range_vf, self.vf_huber_delta)
+        value_loss = clipped_value_loss(values, batch.value, batch.returns, clip_range_vf, self.vf_huber_delta)
         stats["value_loss"] = float(value_loss.item())
         return self.vf_coef * value_loss
 

@@ -1,5 +1,7 @@
 """Generalised advantage estimation over decisions (ALGORITHM.md §4, FlowPPO), as a pure function of arrays."""
 
+from typing import Any
+
 import numpy as np
 
 
@@ -36,3 +38,21 @@ def compute_gae(
         advantages[t] = running
         next_values = values[t]
     return advantages.astype(np.float32), (advantages + values).astype(np.float32)
+
+
+class GAE:
+    """FlowPPO's labels (ALGORITHM.md §4): GAE(γ, λ) advantages and returns of every decision of a rollout."""
+
+    per_decision = True  # labels a whole rollout at once: nothing stays pending
+
+    def __init__(self, gamma: float, gae_lambda: float):
+        self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
+
+    def label(self, steps: dict[str, np.ndarray], last_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return compute_gae(steps["reward"], steps["value"], steps["done"], last_values, self.gamma, self.gae_lambda)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass

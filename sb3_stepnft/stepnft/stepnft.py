@@ -8,20 +8,22 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
-from sb3_stepnft.common.ema import EMAWeights, check_ema_decay, ema_decay_at
-from sb3_stepnft.common.flow import step_times
-from sb3_stepnft.common.on_policy import FinishedEpisode, FlowOnPolicyAlgorithm, NonFiniteLossError, check_positive
+from sb3_stepnft.common.ema import EMA_HORIZON_RATIO, EMAWeights, check_ema_decay, ema_decay_at
+from sb3_stepnft.common.labels import OUTCOMES, EpisodeOutcomes, MissingSuccessSignalError
+from sb3_stepnft.common.on_policy import (
+    FlowOnPolicyAlgorithm,
+    NonFiniteLossError,
+    check_positive,
+    resolve_solver_settings,
+)
 from sb3_stepnft.common.policies import FlowPolicy
+from sb3_stepnft.common.records import StepNFTDecisions
 from sb3_stepnft.stepnft.loss import OBJECTIVES, TARGETS, stepnft_loss
 
 SelfStepNFT = TypeVar("SelfStepNFT", bound="StepNFT")
 
-OUTCOMES = ("auto", "success", "return")
 SAMPLERS = ("sde", "ode")
-
-
-class MissingSuccessSignalError(ValueError):
-    """``outcome="success"`` was requested but the env's final info carries no ``is_success``."""
+__all__ = ["StepNFT", "MissingSuccessSignalError", "NonFiniteLossError", "OUTCOMES", "SAMPLERS"]
 
 
 class StepNFT(FlowOnPolicyAlgorithm):
@@ -39,20 +41,26 @@ class StepNFT(FlowOnPolicyAlgorithm):
     :param batch_size: Minibatch size of the update.
     :param n_epochs: Passes over the labelled decisions per iteration.
     :param gamma: Accepted for SB3 compatibility; unused (labels are episode outcomes, not discounted returns).
-    :param num_denoise_steps: K, solver steps per chunk.
-    :param noise_level: ``a``, the Flow-SDE noise level of the rollouts.
+    :param num_denoise_steps: K, solver steps per chunk. The policy's solver owns it: a value in ``policy_kwargs``
+        is used when this is left at its default; two different values set in both places are an error.
+    :param noise_level: ``a``, the Flow-SDE noise level of the rollouts (the same rule).
     :param trust_region: β, the branches are ``v_old ± β·Δv_c``.
     :param max_drift: Per-row bound on ``‖v_θ - v_old‖`` inside the branches (the drift clip).
     :param kl_coef: κ of the ``κ·mean((v_θ - v_old)²)`` regulariser.
     :param ranking_beta: β_dpo, multiplies the ranking logit.
     :param ema_decay: ``(d_start, d_end)`` of the cosine EMA schedule, or a float for a constant decay.
-    :param ema_horizon: T of the schedule in iterations; None: the iterations ``learn()`` will run.
+    :param ema_horizon: T of the schedule in iterations, fixed (then chunked ``learn`` calls follow exactly the
+        schedule of one call); None: ``ema_horizon_ratio`` × the planned iterations of the run.
+    :param ema_horizon_ratio: T as a multiple of the planned iterations ``ceil(total_timesteps / (n_steps·n_envs))``
+        when ``ema_horizon`` is None. The default 5/3 is the authors' effective ManiSkill schedule (T = 400 epochs,
+        runs stop at 240), whose rollout decay ends near 0.69 instead of 0.995 (docs/stepnft.md, "EMA schedule").
     :param step_selection: ``"random"`` (k ~ U{0..K-1} per decision) or a fixed int k.
     :param objective: ``"ranking"``, ``"wmse"``, ``"positive"`` or ``"negative"``.
     :param target: ``"step"`` (the SDE transition) or ``"terminal"`` (x̂0 against the final sample).
     :param sampler: ``"sde"`` (every step stochastic) or ``"ode"`` (Euler rollouts; needs ``target="terminal"``).
     :param outcome: ``"auto"`` (binary if the env reports ``is_success``, else graded returns), ``"success"``
         or ``"return"``.
+    :param return_window: Episodes in the running mean/std of the graded return labels (``outcome="return"``).
     :param max_grad_norm: Gradient-norm clip.
     :param stats_window_size: Episodes averaged in the rollout logs.
     :param tensorboard_log: TensorBoard log directory (None: no logging).
@@ -82,11 +90,13 @@ class StepNFT(FlowOnPolicyAlgorithm):
         ranking_beta: float = 1.0,
         ema_decay: float | tuple[float, float] = (0.1, 0.995),
         ema_horizon: int | None = None,
+        ema_horizon_ratio: float = EMA_HORIZON_RATIO,
         step_selection: str | int = "random",
         objective: str = "ranking",
         target: str = "step",
         sampler: str = "sde",
         outcome: str = "auto",
+        return_window: int = 100,
         max_grad_norm: float = 1.0,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
@@ -112,12 +122,14 @@ class StepNFT(FlowOnPolicyAlgorithm):
                 "sampler='ode' makes the stored step residual exactly zero, so the step target has no signal: "
                 "use target='terminal' with sampler='ode' (or sampler='sde')."
             )
+        solver = resolve_solver_settings(num_denoise_steps, noise_level, policy_kwargs, self.solver_defaults(), "StepNFT")
+        k_max = solver["num_denoise_steps"] - 1
         if step_selection != "random" and not (
-            isinstance(step_selection, (int, np.integer)) and 0 <= step_selection < num_denoise_steps
+            isinstance(step_selection, (int, np.integer))
+            and not isinstance(step_selection, bool)
+            and 0 <= step_selection <= k_max
         ):
-            raise ValueError(
-                f"step_selection must be 'random' or an int in [0, {num_denoise_steps - 1}], got {step_selection!r}"
-            )
+            raise ValueError(f"step_selection must be 'random' or an int in [0, {k_max}], got {step_selection!r}")
         check_positive("trust_region", trust_region)
         if max_drift is not None:
             check_positive("max_drift", max_drift)
@@ -125,19 +137,23 @@ class StepNFT(FlowOnPolicyAlgorithm):
         check_positive("ranking_beta", ranking_beta)
         if ema_horizon is not None:
             check_positive("ema_horizon", ema_horizon, integer=True)
+        check_positive("ema_horizon_ratio", ema_horizon_ratio)
+        check_positive("return_window", return_window, integer=True)
         self.trust_region = float(trust_region)
         self.max_drift = max_drift
         self.kl_coef = float(kl_coef)
         self.ranking_beta = float(ranking_beta)
         self.ema_decay = check_ema_decay(ema_decay)
         self.ema_horizon = ema_horizon
+        self.ema_horizon_ratio = float(ema_horizon_ratio)
+        self.return_window = int(return_window)
         self.step_selection = step_selection if step_selection == "random" else int(step_selection)
         self.objective = objective
         self.target = target
         self.sampler = sampler
         self.outcome = outcome
-        self.outcome_resolved: str | None = None if outcome == "auto" else outcome
-        self.ema_iteration = 0
+        self.ema_iteration = 0  # iterations since the schedule started (0: θ_old ← θ before the next rollout)
+        self.ema_progress = 0.0  # position g/T in the cosine schedule, accumulated so that it never jumps back
         self._ema_schedule_horizon = 1
         super().__init__(
             policy,
@@ -164,9 +180,28 @@ class StepNFT(FlowOnPolicyAlgorithm):
             _init_setup_model=_init_setup_model,
         )
 
+    decision_type = StepNFTDecisions
+    logged_stats = ("loss", "policy_loss", "kl", "logit_mean", "drift_clip_fraction", "positive_fraction")
+    _non_finite_hint = (
+        "The policy produced non-finite velocities. Lower learning_rate, check observations for NaN/inf (VecNormalize "
+        "or VecCheckNan help), or keep max_drift set."
+    )
+
     def _setup_model(self) -> None:
         super()._setup_model()
         self.ema = EMAWeights(self.policy)
+
+    def _make_labeller(self) -> EpisodeOutcomes:
+        labeller = EpisodeOutcomes(self.outcome, getattr(self, "return_window", 100), type(self).__name__)
+        legacy = self.__dict__.pop("outcome_resolved", None)  # checkpoints of 0.1.0 stored it on the algorithm
+        if legacy is not None:
+            labeller.load_state(dict(resolved=legacy))
+        return labeller
+
+    @property
+    def outcome_resolved(self) -> str | None:
+        """``"success"`` or ``"return"`` once decided (``outcome="auto"``: by the first finished episode), else None."""
+        return self.labeller.resolved
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "ema"], []
@@ -183,13 +218,31 @@ class StepNFT(FlowOnPolicyAlgorithm):
         total, callback = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         if reset_num_timesteps:
             self.ema_iteration = 0  # a new schedule: θ_old ← θ before its first rollout (§3.5)
-        # T = ceil(total steps / (n_steps·n_envs)); with reset_num_timesteps=False, extended to the new total.
-        iterations = math.ceil(self._total_timesteps / (self.n_steps * self.n_envs))
-        self._ema_schedule_horizon = self.ema_horizon or max(1, iterations)
+            self.ema_progress = 0.0
+        self._ema_schedule_horizon = self.ema_schedule_horizon(self._total_timesteps)
         return total, callback
 
+    def ema_schedule_horizon(self, total_timesteps: int) -> int:
+        """T of the cosine schedule for a run planned to end at ``total_timesteps`` env steps: ``ema_horizon`` when
+        set, else ``ceil(ema_horizon_ratio · ceil(total_timesteps / (n_steps·n_envs)))`` (ALGORITHM.md §3.5, the
+        authors' effective schedule)."""
+        if self.ema_horizon is not None:
+            return int(self.ema_horizon)
+        iterations = max(1, math.ceil(total_timesteps / (self.n_steps * self.n_envs)))
+        return max(1, math.ceil(self.ema_horizon_ratio * iterations))
+
     def current_ema_decay(self) -> float:
-        return ema_decay_at(self.ema_iteration, self._ema_schedule_horizon, self.ema_decay)
+        """d of the next EMA step: the cosine schedule at the accumulated position ``ema_progress`` (or a constant)."""
+        if isinstance(self.ema_decay, float):
+            return self.ema_decay
+        return ema_decay_at(self.ema_progress, 1.0, self.ema_decay)
+
+    def _advance_ema_schedule(self) -> None:
+        # Each iteration moves the position by 1/T of the current plan. In one learn() call this is exactly g/T; a
+        # learn(reset_num_timesteps=False) call extends T to the new total and the position goes on from where it was,
+        # so the decay never jumps back (with a fixed ema_horizon chunked calls equal one call exactly).
+        self.ema_iteration += 1
+        self.ema_progress = min(1.0, self.ema_progress + 1.0 / self._ema_schedule_horizon)
 
     # ----------------------------------------------------------------------------------------------- rollout
     def _on_rollout_start(self) -> None:
@@ -200,7 +253,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         return self.ema.swapped_into(self.policy)
 
     def _sample_decisions(self, features) -> tuple[th.Tensor, dict[str, th.Tensor]]:
-        chain = self.policy.sample(features, sampler=self.sampler, noise_level=self.noise_level)
+        chain = self.policy.sample(features, self.sampler)
         batch = len(features)
         if self.step_selection == "random":
             step_index = th.randint(0, self.num_denoise_steps, (batch,), device=self.device)
@@ -217,110 +270,36 @@ class StepNFT(FlowOnPolicyAlgorithm):
         )
         return chain.sample, record
 
-    # ------------------------------------------------------------------------------------------------ labels
-    def _on_episode_end(self, episode: FinishedEpisode, info: dict[str, Any]) -> None:
-        if self.outcome_resolved is None:  # outcome="auto", decided by the first finished episode (§3.2)
-            if episode.success is not None:
-                self.outcome_resolved = "success"
-            else:
-                self.outcome_resolved = "return"
-                warnings.warn(
-                    "StepNFT(outcome='auto'): the env reports no info['is_success'], so decisions are labelled with "
-                    "graded episode returns. For binary success labels, report is_success (e.g. with "
-                    "sb3_stepnft.wrappers.SuccessInfo(env, key=...)) and pass outcome='success'.",
-                    stacklevel=2,
-                )
-        elif self.outcome_resolved == "success" and episode.success is None:
-            raise MissingSuccessSignalError(
-                "StepNFT(outcome='success') needs info['is_success'] in the final info of every episode, but the env "
-                f"reported none (info keys: {sorted(info)}). Map the env's own success key with "
-                "sb3_stepnft.wrappers.SuccessInfo(env, key='success'), or use outcome='auto' or outcome='return' "
-                "to label decisions with episode returns."
-            )
-
-    def _label_episodes(self, finished: list[FinishedEpisode]) -> dict[int, float]:
-        if not finished:
-            return {}
-        if self.outcome_resolved == "success":
-            return {ep.episode_id: float(bool(ep.success)) for ep in finished}
-        # Graded labels from raw returns normalised over this iteration's episodes, c = 1 (§3.2).
-        if len(finished) < 2:
-            return {ep.episode_id: 0.5 for ep in finished}
-        returns = np.array([ep.episode_return for ep in finished], dtype=np.float64)
-        advantage = (returns - returns.mean()) / (returns.std() + 1e-8)
-        clip = 1.0
-        labels = np.clip(np.clip(advantage, -clip, clip) / (2 * clip) + 0.5, 0.0, 1.0)
-        return {ep.episode_id: float(r) for ep, r in zip(finished, labels)}
-
     # ------------------------------------------------------------------------------------------------- train
-    def train(self) -> None:
-        """One StepNFT update over the decisions labelled in this iteration, then the EMA step."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        data = self.rollout_buffer.pop_labelled()
-        n_labelled = 0 if data is None else len(data["episode_id"])
-        totals: dict[str, float] = {}
-        n_batches = 0
-        if data is not None:
-            for _ in range(self.n_epochs):
-                permutation = th.randperm(n_labelled).numpy()
-                for start in range(0, n_labelled, self.batch_size):
-                    batch = self.rollout_buffer.to_torch(data, permutation[start : start + self.batch_size])
-                    _, stats = self._gradient_step(batch)
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + value
-                    n_batches += 1
-            self._n_updates += self.n_epochs
-
-        # θ_old ← d·θ_old + (1 - d)·θ, once per iteration, also when nothing was trained (§3.1, §3.5).
-        decay = self.current_ema_decay()
-        self.ema.update(decay)
-        self.ema_iteration += 1
-
-        for key in ("loss", "policy_loss", "kl", "logit_mean", "drift_clip_fraction", "positive_fraction"):
-            if n_batches:
-                self.logger.record(f"train/{key}", totals[key] / n_batches)
-        self.logger.record("train/n_labelled", n_labelled)
-        self.logger.record("train/n_pending", self.rollout_buffer.n_pending)
-        self.logger.record("train/discarded_decisions", self.discarded_decisions)
-        self.logger.record("train/ema_decay", decay)
-        self.logger.record("train/outcome", self.outcome_resolved or "undecided", exclude=("tensorboard",))
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-
-    def _gradient_step(self, batch: dict[str, Any]) -> tuple[th.Tensor, dict[str, float]]:
+    def _loss(self, batch: StepNFTDecisions, index: np.ndarray) -> tuple[th.Tensor, dict[str, float]]:
+        """One forward pass of the student at the stored ``(x_k, t_k, obs)``, then the staged loss (§3.3-3.4)."""
         features = self._encode_batch(batch)  # student, train mode; stored prefix features if cached (§3.6)
-        step_index = batch["step_index"].long()
-        t_k = step_times(step_index, self.num_denoise_steps)
+        solver = self.policy.solver
+        step_index = batch.step_index.long()
         rows = self.policy.executed_rows  # the errors run over the executed rows, all output dims (§3.3)
-        v_theta = self.policy.velocity(batch["x_k"], t_k.to(self.device), features)[:, :rows]
-        target = batch["x_final"] if self.target == "terminal" else batch["x_next"]
-        loss, stats = stepnft_loss(
+        v_theta = self.policy.velocity(batch.x_k, solver.times(step_index), features)[:, :rows]
+        return stepnft_loss(
             v_theta,
-            batch["v_old"],
-            batch["x_k"][:, :rows],
-            target,
+            batch.v_old,
+            batch.x_k[:, :rows],
+            batch.x_final if self.target == "terminal" else batch.x_next,
             step_index,
-            batch["label"],
-            num_denoise_steps=self.num_denoise_steps,
-            noise_level=self.noise_level,
+            batch.outcome,
             trust_region=self.trust_region,
             max_drift=self.max_drift,
             kl_coef=self.kl_coef,
             ranking_beta=self.ranking_beta,
             objective=self.objective,
-            mask=batch["row_mask"],
+            mask=batch.row_mask,
             target=self.target,
             weighting=self.weighting,
+            solver=solver,
         )
-        if not th.isfinite(loss):
-            raise NonFiniteLossError(
-                f"StepNFT loss is {loss.item()} at update {self._n_updates}: the policy produced non-finite velocities. "
-                "Lower learning_rate, check observations for NaN/inf (VecNormalize or VecCheckNan help), or keep "
-                "max_drift set."
-            )
-        self.policy.optimizer.zero_grad()
-        loss.backward()
-        th.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.max_grad_norm)
-        self.policy.optimizer.step()
-        stats["loss"] = float(loss.item())
-        return loss, stats
+
+    def _after_update(self, data) -> None:
+        # θ_old ← d·θ_old + (1 - d)·θ, once per iteration, also when nothing was trained (§3.1, §3.5).
+        decay = self.current_ema_decay()
+        self.ema.update(decay)
+        self._advance_ema_schedule()
+        self.logger.record("train/ema_decay", decay)
+        self.logger.record("train/outcome", self.outcome_resolved or "undecided", exclude=("tensorboard",))

@@ -70,7 +70,8 @@ class FlowVLAPolicy(FlowPolicy):
     :param chunk_size: Rows the expert outputs (>= the executed rows of the action space).
     :param action_dim: Action dims the expert outputs (>= the env's; extra dims are padding, 32 in π0).
     :param state_dim: Padded proprio state size (default: the state's size; 32 in π0).
-    :param num_denoise_steps: K, solver steps used by ``predict``.
+    :param num_denoise_steps: K, solver steps (rollouts, ``predict`` and the losses; the policy's solver owns it).
+    :param noise_level: ``a`` of the Flow-SDE rollout steps (set by the algorithm's ``noise_level``).
     :param camera_keys: Image keys fed to the VLM, in order (default: every image key, sorted).
     :param state_key: Proprio state key (None: no state; the state token is then zero).
     :param instruction_keys: ``(ids_key, mask_key)`` of the tokenised instruction (absent keys: no text).
@@ -102,6 +103,7 @@ class FlowVLAPolicy(FlowPolicy):
         action_dim: int | None = None,
         state_dim: int | None = None,
         num_denoise_steps: int = 4,
+        noise_level: float = 0.2,
         camera_keys: list[str] | tuple[str, ...] | None = None,
         state_key: str | None = "state",
         instruction_keys: tuple[str, str] = ("instruction_ids", "instruction_mask"),
@@ -144,7 +146,7 @@ class FlowVLAPolicy(FlowPolicy):
             optimizer_kwargs=optimizer_kwargs,
             squash_output=False,
         )
-        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps)
+        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps, noise_level)
         self.net_arch = net_arch if net_arch is not None else dict(vf=[256, 256])
         self.activation_fn = activation_fn
         self.value_head = bool(value_head)
@@ -299,6 +301,7 @@ class FlowVLAPolicy(FlowPolicy):
                 action_dim=self.action_dim,
                 state_dim=self.state_dim,
                 num_denoise_steps=self.num_denoise_steps,
+                noise_level=self.noise_level,
                 camera_keys=self.camera_keys,
                 state_key=self.state_key,
                 instruction_keys=self.instruction_keys,
