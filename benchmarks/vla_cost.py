@@ -22,9 +22,9 @@ import torch as th
 from gymnasium import spaces
 from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 
+from sb3_stepnft import StepNFT
 from sb3_stepnft.common.optim import optimizer_step
 from sb3_stepnft.common.records import StepNFTDecisions
-from sb3_stepnft import StepNFT
 from sb3_stepnft.vla import FlowVLAPolicy
 
 T = 16

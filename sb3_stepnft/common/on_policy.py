@@ -23,10 +23,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
 from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
-from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer_step
-from sb3_stepnft.common.records import FlowDecisions
+from sb3_stepnft.common.optim import RunningMeans, optimizer_step
 from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
+from sb3_stepnft.common.records import FlowDecisions
 from sb3_stepnft.vla.policy import FlowVLAPolicy
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")

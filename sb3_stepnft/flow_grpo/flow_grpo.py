@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 

@@ -1,7 +1,6 @@
 """π-StepNFT: Step-wise Negative-aware Fine-Tuning of flow policies (ALGORITHM.md §3)."""
 
 import math
-import warnings
 from typing import Any, TypeVar
 
 import numpy as np
