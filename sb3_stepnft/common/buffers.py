@@ -121,8 +121,23 @@ class DecisionBuffer:
         return 0 if self._pending is None else len(self._pending["episode_id"])
 
     @property
+    def n_unfinished_steps(self) -> int:
+        """Decisions added in a rollout that has not been labelled yet (a callback stopped it early)."""
+        return sum(len(step["episode_id"]) for step in self._steps)
+
+    @property
     def n_labelled(self) -> int:
         return sum(len(part["episode_id"]) for part in self._labelled)
+
+    def cap_pending(self, max_pending: int) -> int:
+        """Keep only the ``max_pending`` most recent pending decisions; returns how many older ones were dropped."""
+        excess = self.n_pending - max_pending
+        if excess <= 0:
+            return 0
+        self._pending = {key: _take(value, np.arange(excess, self.n_pending)) for key, value in self._pending.items()}
+        kept = set(self._pending["episode_id"].tolist())
+        self._labels = {eid: value for eid, value in self._labels.items() if eid in kept}
+        return excess
 
     def discard_pending(self) -> int:
         """Drop every pending decision (the env was reset from outside); returns how many were dropped."""

@@ -9,6 +9,7 @@ loop (:meth:`train`) -- lives here once.
 """
 
 import contextlib
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -73,6 +74,10 @@ def resolve_solver_settings(
     return settings
 
 
+UNLABELLED_WARNING_ITERATIONS = 10  # iterations without a labelled decision before the "episodes never end" warning
+MAX_PENDING_ROLLOUTS = 20  # default cap of pending decisions: this many rollouts' worth (n_steps · n_envs each)
+
+
 class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     """Base of the on-policy flow algorithms: an SB3 ``OnPolicyAlgorithm`` with a :class:`DecisionBuffer`.
 
@@ -94,6 +99,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     policy: FlowPolicy
     rollout_buffer: DecisionBuffer
     labeller: EpisodeLabeller
+    max_pending_decisions: int | None = None
+    """Cap on decisions waiting for their episode's end (None: 20 rollouts' worth, ``20·n_steps·n_envs``). Older ones
+    beyond it are discarded and counted in ``train/discarded_decisions``."""
     decision_type: ClassVar[type[FlowDecisions]] = FlowDecisions
     logged_stats: ClassVar[tuple[str, ...] | None] = None  # train/* keys of the loss stats (None: all)
     _non_finite_hint: ClassVar[str] = "Lower learning_rate, check observations for NaN/inf (VecNormalize or VecCheckNan help)."
@@ -187,6 +195,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.policy.resolve_feature_cache(self.n_steps * self.n_envs)
         self._feature_memo: tuple[Any, Any] | None = None
         self._reset_episode_tracking()
+        self._torch_rng_state = th.get_rng_state()  # filled from the checkpoint on load (exact resume)
         self.labeller = self._make_labeller()
         saved_state = self.__dict__.pop("_labeller_state", None)
         if saved_state:
@@ -257,6 +266,8 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_finished_episodes",
             "_feature_memo",
             "labeller",
+            "_labelled_in_learn",
+            "_iterations_without_label",
         ]
 
     # ------------------------------------------------------------------------------------------------ learning
@@ -288,8 +299,10 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfFlowOnPolicyAlgorithm:
-        """SB3's ``learn``; ``tb_log_name`` defaults to the class name."""
-        return super().learn(
+        """SB3's ``learn``; ``tb_log_name`` defaults to the class name. A call that ends before any decision was
+        labelled (episodes longer than the call, FlowGRPO rounds not finished) says so once."""
+        self._labelled_in_learn = 0
+        model = super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
             log_interval=log_interval,
@@ -297,6 +310,15 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+        if self._labelled_in_learn == 0 and self.num_timesteps > 0 and not getattr(self, "_warned_nothing_learned", False):
+            self._warned_nothing_learned = True
+            warnings.warn(
+                f"{type(self).__name__}.learn ended before any decision was labelled, so no gradient step was made "
+                f"({self.rollout_buffer.n_pending} decisions pending until their episodes end). Train for more steps "
+                "than one episode (or one FlowGRPO round) lasts, or shorten the episodes with a time limit.",
+                stacklevel=2,
+            )
+        return model
 
     # ----------------------------------------------------------------------------------------------- persistence
     def save(self, path, exclude=None, include=None) -> None:
@@ -309,20 +331,43 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if portable is not None:
             self.policy_kwargs = portable(given)
         self._labeller_state = self.labeller.state()  # JSON-able: outcome decision, running statistics, counters
+        self._torch_rng_state = th.get_rng_state()  # resume continues the random stream instead of reseeding
+        # Decisions of running episodes are not saved: a loaded model counts them as discarded (ALGORITHM.md §3.1).
+        self.pending_decisions_at_save = self.rollout_buffer.n_pending + self.rollout_buffer.n_unfinished_steps
         try:
             atomic_save(super().save, path, exclude=exclude, include=include)
         finally:
             self.policy_kwargs = given
-            del self._labeller_state
+            del self._labeller_state, self.pending_decisions_at_save
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, torch_variables = super()._get_torch_save_params()
+        return state_dicts, [*torch_variables, "_torch_rng_state"]
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
         """SB3's ``load``, with a clear ``ValueError`` for corrupted, non-SB3 or foreign (non-flow) checkpoints."""
         check_checkpoint(path, cls.__name__)
-        return super().load(
+        model = super().load(
             path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
             force_reset=force_reset, **kwargs,
         )  # fmt: skip
+        model._after_load()
+        return model
+
+    def _after_load(self) -> None:
+        """Exact resume: the random stream of the saved run continues (SB3's load reseeds it to the initial seed), and
+        decisions of episodes that were running at save time, which are not saved, are counted as discarded."""
+        th.set_rng_state(self._torch_rng_state.cpu())
+        lost = int(self.__dict__.pop("pending_decisions_at_save", 0) or 0)
+        if lost:
+            self.discarded_decisions += lost
+            warnings.warn(
+                f"{type(self).__name__}.load: {lost} decisions of episodes that were running when the model was saved "
+                "are not part of a checkpoint; they are counted in train/discarded_decisions. Save at the end of a "
+                "learn() call whose episodes have finished to lose none.",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------------------------------------- hooks
     def _on_rollout_start(self) -> None:
@@ -372,6 +417,39 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._finished_episodes = [ep for ep in self._finished_episodes if ep.episode_id not in labels]
         rollout_buffer.label(labels)
         rollout_buffer.finish_rollout()
+        self._watch_pending(rollout_buffer)
+
+    def _watch_pending(self, rollout_buffer: DecisionBuffer) -> None:
+        """Episodes that never end: warn once after ``UNLABELLED_WARNING_ITERATIONS`` iterations without a labelled
+        decision, and keep at most :attr:`max_pending_decisions` pending (older ones are discarded and counted), so
+        memory and the cost of a rollout stay bounded."""
+        if rollout_buffer.n_labelled:
+            self._iterations_without_label = 0
+        else:
+            self._iterations_without_label = getattr(self, "_iterations_without_label", 0) + 1
+        if self._iterations_without_label >= UNLABELLED_WARNING_ITERATIONS and not getattr(self, "_warned_unlabelled", False):
+            self._warned_unlabelled = True
+            warnings.warn(
+                f"{type(self).__name__}: no decision has been labelled for {self._iterations_without_label} iterations "
+                f"({rollout_buffer.n_pending} pending): decisions are labelled only when their episode (or, for FlowGRPO, "
+                "every member's round) ends, and no episode has. Give the env a time limit, e.g. "
+                "gymnasium.wrappers.TimeLimit(env, max_episode_steps=...) or gymnasium.make(id, max_episode_steps=...).",
+                stacklevel=2,
+            )
+        limit = self.max_pending_decisions
+        if limit is None:
+            limit = MAX_PENDING_ROLLOUTS * self.n_steps * self.n_envs
+        dropped = rollout_buffer.cap_pending(int(limit))
+        if dropped:
+            self.discarded_decisions += dropped
+            if not getattr(self, "_warned_pending_cap", False):
+                self._warned_pending_cap = True
+                warnings.warn(
+                    f"{type(self).__name__}: more than {limit} decisions were pending (their episodes have not ended); "
+                    f"the {dropped} oldest were discarded and counted in train/discarded_decisions. Shorten the episodes "
+                    "(a time limit) or raise model.max_pending_decisions.",
+                    stacklevel=2,
+                )
 
     def _label_steps(self, steps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-decision labels of a rollout's ``(n_steps, n_envs)`` fields, and more fields to store with them."""
@@ -409,6 +487,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         data = self._training_data()
         n_decisions = 0 if data is None else len(data["episode_id"])
+        self._labelled_in_learn = getattr(self, "_labelled_in_learn", 0) + n_decisions
         self._before_update(data)
         stats = RunningMeans()
         if n_decisions:

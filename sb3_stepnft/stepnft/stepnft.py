@@ -9,12 +9,8 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
 from sb3_stepnft.common.ema import EMA_HORIZON_RATIO, EMAWeights, check_ema_decay, ema_decay_at
 from sb3_stepnft.common.labels import OUTCOMES, EpisodeOutcomes, MissingSuccessSignalError
-from sb3_stepnft.common.on_policy import (
-    FlowOnPolicyAlgorithm,
-    NonFiniteLossError,
-    check_positive,
-    resolve_solver_settings,
-)
+from sb3_stepnft.common.on_policy import FlowOnPolicyAlgorithm, check_positive, resolve_solver_settings
+from sb3_stepnft.common.optim import NonFiniteLossError
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.records import StepNFTDecisions
 from sb3_stepnft.stepnft.loss import OBJECTIVES, TARGETS, stepnft_loss
@@ -203,7 +199,8 @@ class StepNFT(FlowOnPolicyAlgorithm):
         return self.labeller.resolved
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        return ["policy", "policy.optimizer", "ema"], []
+        state_dicts, torch_variables = super()._get_torch_save_params()
+        return [*state_dicts, "ema"], torch_variables
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "ema"]
