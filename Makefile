@@ -21,8 +21,10 @@ $(VENV)/.installed: setup.py pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 # The simulators. install_sim.sh keeps its own stamp ($(VENV)/.sim_installed) and is idempotent; this stamp only
-# saves make from re-running it when nothing it depends on changed.
-$(VENV)/.sim-ready: $(VENV)/.installed scripts/install_sim.sh constraints.txt setup.py
+# saves make from re-running it when nothing it depends on changed. All installation and asset set-up lives in
+# scripts/ (install_sim.sh: apt, pip, the planner overlay venv; setup_libero_assets.py: LIBERO config + assets), none
+# in the importable package.
+$(VENV)/.sim-ready: $(VENV)/.installed scripts/install_sim.sh scripts/setup_libero_assets.py constraints.txt setup.py
 	bash scripts/install_sim.sh $(VENV)
 	touch $@
 

@@ -12,13 +12,16 @@
 #      package itself with --no-deps (its full requirements pull robomimic -> torchvision -> torch 2.15 + CUDA).
 #   3. The motion-planner overlay for offline ManiSkill demonstrations: mplib 0.1.1 segfaults with numpy 2, so the planner
 #      runs in a small venv (numpy<2 only) layered over VENV; VENV itself keeps numpy 2.
-#   4. LIBERO (sb3_stepnft.envs.libero.setup_libero): pre-seeds $LIBERO_CONFIG_PATH/config.yaml (default ~/.libero) so
-#      the first import does not prompt, and unpacks the asset bundle from ../shared/data when LIBERO's own are missing.
+#   4. LIBERO (scripts/setup_libero_assets.py): pre-seeds $LIBERO_CONFIG_PATH/config.yaml (default ~/.libero) so the
+#      first import does not prompt, and unpacks the asset bundle from ../shared/data when LIBERO's own are missing.
+# Steps 3 and 4 are installation, kept out of the importable package: sb3_stepnft only finds the overlay venv, the
+# LIBERO config and the assets, and its errors name this script when they are missing.
 #
 # Environment variables:
 #   SB3_STEPNFT_SKIP_APT=1        skip step 1 (no root, or the machine is provisioned otherwise); the checks still run
 #   SB3_STEPNFT_SIM_EXTRAS        extras to install, default "maniskill,libero"
 #   SB3_STEPNFT_LIBERO_BUNDLE     the LIBERO asset bundle, default ../shared/data/libero-assets-8f1084e.tar.zst
+#   SB3_STEPNFT_PLANNER_VENV      where the planner overlay venv goes, default VENV/sb3_stepnft_planner
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -155,14 +158,45 @@ else
 fi
 
 # ------------------------------------------------------------------------------------ 3. motion-planner overlay venv
+# A venv holding only numpy<2 and opencv-python 4.11 (opencv 5 needs numpy 2), whose .pth file appends VENV's
+# site-packages behind them: mani_skill, sapien, mplib and torch come from VENV. sb3_stepnft.envs.maniskill_demos only
+# finds it (planner_venv_dir: $SB3_STEPNFT_PLANNER_VENV, else VENV/sb3_stepnft_planner).
 if want maniskill; then
-    say "motion-planner overlay (numpy<2 for mplib)"
-    "$PY" -m sb3_stepnft.envs.maniskill_demos --setup-planner
+    PLANNER_VENV="$("$PY" -c "from sb3_stepnft.envs.maniskill_demos import planner_venv_dir; print(planner_venv_dir())")"
+    PLANNER_PY="$PLANNER_VENV/bin/python"
+    planner_ok() {
+        [ -x "$PLANNER_PY" ] && "$PLANNER_PY" -c \
+            "import numpy, mplib; assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__" >/dev/null 2>&1
+    }
+    if planner_ok; then
+        say "motion-planner overlay venv: ok ($PLANNER_VENV)"
+    else
+        say "motion-planner overlay venv: creating $PLANNER_VENV (numpy<2 for mplib)"
+        rm -rf "$PLANNER_VENV"
+        BASE_PY="$("$PY" -c "import sys; print(getattr(sys, '_base_executable', sys.executable))")"
+        "$BASE_PY" -m venv --without-pip "$PLANNER_VENV"
+        "$PY" - "$PLANNER_VENV" <<'PYEOF'
+import site, sys
+from pathlib import Path
+
+site_packages = Path(sys.argv[1]) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+main = [path for path in site.getsitepackages() if path.startswith(sys.prefix)]
+(site_packages / "zz_sb3_stepnft_main_venv.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in main))
+PYEOF
+        # output shown only on failure: pip also reports the main venv's libero as lacking its (deliberately) absent deps
+        pip_log="$("$PY" -m pip --python "$PLANNER_PY" install -q -c "$ROOT/constraints.txt" "numpy<2" \
+            "opencv-python==4.11.0.86" 2>&1)" || { printf '%s\n' "$pip_log" >&2; die "pip install into $PLANNER_VENV failed (above)."; }
+        if ! planner_ok; then
+            "$PLANNER_PY" -c "import numpy, mplib; print('numpy', numpy.__version__)" || true  # show the error
+            die "the motion-planner overlay venv $PLANNER_VENV cannot import numpy<2 and mplib (error above)."
+        fi
+        say "motion-planner overlay venv: created"
+    fi
 fi
 
 # --------------------------------------------------------------------------------------- 4. LIBERO config and assets
 if want libero; then
-    "$PY" -c "from sb3_stepnft.envs.libero import setup_libero; setup_libero()"
+    "$PY" "$ROOT/scripts/setup_libero_assets.py"
 fi
 
 say "done in $((SECONDS - START)) s"

@@ -1,5 +1,9 @@
 """Small builders shared by the tests."""
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -56,3 +60,12 @@ class DictReachEnv(gym.Env):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.inner.step(action)
         return self._split(obs), reward, terminated, truncated, info
+
+
+def load_script(name: str) -> ModuleType:
+    """A module of ``scripts/`` (installation helpers live there, outside the importable package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -33,6 +33,7 @@ from sb3_stepnft.envs.libero import (  # noqa: E402
     resolve_libero_assets,
 )
 from sb3_stepnft.wrappers import ActionChunk  # noqa: E402
+from tests.helpers import load_script  # noqa: E402
 
 SUITE, TASK = "libero_goal", 0  # "open the middle drawer of the cabinet"
 
@@ -74,9 +75,22 @@ def write_placeholder(path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def libero_assets(tmp_path_factory) -> str:
+def installed_assets(tmp_path_factory) -> Path:
+    """The installed LIBERO assets; when there are none, the offline bundle unpacked into a temporary folder by
+    scripts/setup_libero_assets.py (installing is not the library's job; `make test` has installed them)."""
+    try:
+        return resolve_libero_assets()
+    except FileNotFoundError:
+        setup = load_script("setup_libero_assets")
+        if setup.find_bundle() is None:
+            raise
+        return setup.install_libero_assets(parent=tmp_path_factory.mktemp("libero_bundle"))
+
+
+@pytest.fixture(scope="session")
+def libero_assets(installed_assets, tmp_path_factory) -> str:
     """The installed LIBERO assets, with the bundle's missing visuals as placeholders in a test-only symlink copy."""
-    source = resolve_libero_assets()
+    source = installed_assets
     missing = bundle_missing_files(source)
     if not missing:
         return str(source)  # LIBERO's own complete assets: nothing to fill
@@ -156,8 +170,53 @@ def test_images_and_one_short_evaluation_episode(libero_assets):
     assert result["success_rate"] == 0.0 and "drawer" in task["instruction"]
 
 
-def test_missing_bundle_visuals_give_an_error_naming_the_fix(libero_assets, tmp_path):
-    source = resolve_libero_assets()
+class ScriptedModel:
+    """A stand-in for an SB3 model: zero actions, and the first state of every episode it sees."""
+
+    def __init__(self, action_space):
+        self.action_space = action_space
+        self.first_states = []
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        if episode_start[0]:
+            self.first_states.append(obs["state"][0].copy())
+        return np.zeros((1, *self.action_space.shape), np.float32), None
+
+
+def test_evaluation_runs_the_init_states_in_order_through_the_one_loop(libero_assets):
+    env = make_libero_env(SUITE, TASK, camera_size=None, chunk_size=2, settle_steps=0, assets_path=libero_assets)
+    expected = [env.reset(options={"init_state_id": k})[0]["state"] for k in (5, 2, 5)]
+    model = ScriptedModel(env.action_space)
+    env.close()
+    result = evaluate_libero(
+        model, SUITE, tasks=[TASK], init_states=[5, 2, 5], camera_size=None, max_steps=3, settle_steps=0,
+        assets_path=libero_assets,
+    )  # fmt: skip
+    (task,) = result["tasks"]
+    assert task["lengths"] == [3, 3, 3] and task["successes"] == [False] * 3  # env steps (chunks of 2, then 1)
+    assert len(model.first_states) == 3
+    for seen, wanted in zip(model.first_states, expected):
+        assert np.allclose(seen, wanted)
+    assert not np.allclose(expected[0], expected[1])
+    with pytest.raises(ValueError, match="init_states is empty"):
+        evaluate_libero(model, SUITE, tasks=[TASK], init_states=[], assets_path=libero_assets)
+
+
+def test_missing_config_names_the_setup_script(monkeypatch, tmp_path):
+    from sb3_stepnft.envs.libero import check_libero_config
+
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="scripts/setup_libero_assets.py"):
+        check_libero_config()
+    (tmp_path / "config.yaml").write_text("benchmark_root: /nonexistent\n")
+    with pytest.raises(FileNotFoundError, match="do not exist.*benchmark_root"):
+        check_libero_config()
+    config = load_script("setup_libero_assets").ensure_libero_config()  # rewrites the invalid config
+    assert config == tmp_path / "config.yaml" and check_libero_config() == config
+
+
+def test_missing_bundle_visuals_give_an_error_naming_the_fix(installed_assets):
+    source = installed_assets
     if not bundle_missing_files(source):
         pytest.skip("LIBERO's complete assets are installed")
     with pytest.raises(FileNotFoundError, match="complete assets"):

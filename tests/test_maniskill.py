@@ -17,13 +17,20 @@ from sb3_stepnft import StepNFT  # noqa: E402
 from sb3_stepnft.common.evaluation import evaluate_success  # noqa: E402
 from sb3_stepnft.envs import make_maniskill_env  # noqa: E402
 from sb3_stepnft.envs import maniskill as maniskill_module  # noqa: E402
-from sb3_stepnft.envs.maniskill import ManiSkillGPUVecEnv, make_maniskill_base_env, make_maniskill_gym_env  # noqa: E402
+from sb3_stepnft.envs.maniskill import (  # noqa: E402
+    ManiSkillSpec,
+    as_spec,
+    make_maniskill_base_env,
+    make_maniskill_gym_env,
+)
 from sb3_stepnft.envs.maniskill_demos import (  # noqa: E402
     demo_action_bounds,
     episode_lengths,
     generate_demonstrations,
     normalize_like_demos,
+    planner_python,
 )
+from sb3_stepnft.envs.maniskill_gpu import ManiSkillGPUVecEnv  # noqa: E402
 from sb3_stepnft.sft import Demonstrations, pretrain  # noqa: E402
 
 
@@ -117,6 +124,35 @@ def test_batched_vec_env_logic_on_cpu_and_gpu_error(monkeypatch):
         make_maniskill_env("PushCube-v1", sim_backend="gpu")
     with pytest.raises(NotImplementedError, match="chunk"):
         make_maniskill_env("PushCube-v1", sim_backend="gpu", chunk_size=2)
+
+
+def test_spec_object_builds_the_same_env_as_the_keywords():
+    spec = ManiSkillSpec("PushCube-v1", chunk_size=2, instruction=True, max_episode_steps=6)
+    assert as_spec("PushCube-v1", chunk_size=2, instruction=True, max_episode_steps=6) == spec
+    assert as_spec(spec, chunk_size=3).chunk_size == 3 and spec.chunk_size == 2  # frozen: replaced, not changed
+    env = make_maniskill_gym_env(spec)
+    assert env.action_space.shape == (2, 4)
+    obs, info = env.reset(seed=0)
+    assert info["instruction"] == maniskill_module.TASK_INSTRUCTIONS["PushCube-v1"]
+    keyword_obs, _ = make_maniskill_gym_env("PushCube-v1", chunk_size=2, instruction=True).reset(seed=0)
+    assert np.allclose(obs, keyword_obs)
+    truncations = [env.step(np.zeros((2, 4), np.float32))[3] for _ in range(3)]
+    assert truncations == [False, False, True]  # max_episode_steps=6 underlying steps
+    env.close()
+    for bad, match in ((dict(obs_mode="pointcloud"), "obs_mode"), (dict(chunk_size=0), "chunk_size")):
+        with pytest.raises(ValueError, match=match):
+            ManiSkillSpec("PushCube-v1", **bad)
+    with pytest.raises(TypeError, match="ManiSkillSpec"):
+        make_maniskill_gym_env(3)
+    assert maniskill_module.ManiSkillGPUVecEnv is ManiSkillGPUVecEnv  # the old import path still works
+
+
+def test_missing_planner_venv_names_the_install_script(monkeypatch, tmp_path):
+    monkeypatch.setenv("SB3_STEPNFT_PLANNER_VENV", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="install_sim.sh"):
+        planner_python()
+    with pytest.raises(FileNotFoundError, match="install_sim.sh"):
+        generate_demonstrations("PushCube-v1", n=1)
 
 
 def test_clear_errors(monkeypatch):

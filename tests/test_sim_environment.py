@@ -28,8 +28,9 @@ print("imported:", {names!r})
 
 SIMULATOR_IMPORTS = {
     "mani_skill": "import mani_skill.envs, sapien, mplib",
-    # ensure_libero_config first: LIBERO's first import otherwise asks for its folders on stdin
-    "libero": "from sb3_stepnft.envs.libero import ensure_libero_config; ensure_libero_config()\n"
+    # the config check first: without the config written by scripts/setup_libero_assets.py, LIBERO's first import
+    # asks for its folders on stdin; the check fails with an error naming that script instead
+    "libero": "from sb3_stepnft.envs.libero import check_libero_config; check_libero_config()\n"
     "import robosuite, mujoco, libero.libero.envs, libero.libero.benchmark",
 }
 

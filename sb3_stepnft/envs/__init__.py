@@ -6,7 +6,7 @@ from sb3_stepnft.envs.grouped import make_grouped_vec_env
 from sb3_stepnft.envs.lang_reach import LangReachEnv, make_lang_reach_env
 from sb3_stepnft.envs.lang_reach import collect_demonstrations as collect_lang_reach_demonstrations
 from sb3_stepnft.envs.libero import evaluate_libero, make_libero_env
-from sb3_stepnft.envs.maniskill import make_maniskill_env
+from sb3_stepnft.envs.maniskill import ManiSkillSpec, make_maniskill_env, make_maniskill_vec_env
 from sb3_stepnft.envs.point_reach import PointReachEnv, collect_demonstrations
 
 POINT_REACH_ID = "sb3_stepnft/PointReach-v0"
@@ -26,6 +26,8 @@ __all__ = [
     "LANG_REACH_ID",
     "make_grouped_vec_env",
     "make_maniskill_env",
+    "make_maniskill_vec_env",
+    "ManiSkillSpec",
     "make_libero_env",
     "evaluate_libero",
 ]

@@ -1,26 +1,25 @@
 """LIBERO adapter: a gymnasium env over LIBERO's offscreen env, and the standard evaluation protocol.
 
-``libero`` (PyPI 0.1.1) is imported inside the functions. Before its first import this module writes
-``$LIBERO_CONFIG_PATH/config.yaml`` (LIBERO otherwise prompts on stdin), selects EGL for offscreen rendering unless
-``MUJOCO_GL`` is set, and points LIBERO at its assets: LIBERO's own when present, otherwise the offline bundle from
-``../shared/data`` (unpacked once; 30 large visual files are absent from it, see docs/environments.md).
-
-    python -c "from sb3_stepnft.envs.libero import setup_libero; setup_libero()"   # config + assets (install_sim.sh)
+``libero`` (PyPI 0.1.1) is imported inside the functions. Before its first import this module checks that
+``$LIBERO_CONFIG_PATH/config.yaml`` exists (LIBERO otherwise prompts on stdin), selects EGL for offscreen rendering
+unless ``MUJOCO_GL`` is set, and points LIBERO at its assets: ``assets_path``, LIBERO's own, or the offline bundle
+unpacked at install time. Installing is not this module's job: ``python scripts/setup_libero_assets.py`` (which
+``scripts/install_sim.sh`` runs) writes the config and unpacks the bundle; a missing config or missing assets raise a
+``FileNotFoundError`` naming that command (docs/environments.md).
 """
 
-import argparse
-import importlib.util
 import os
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 
+from sb3_stepnft.common.evaluation import evaluate_success
 from sb3_stepnft.envs.sim_utils import INSTALL_HINT, import_simulator, shared_data_dir
 from sb3_stepnft.wrappers import ActionChunk
 
@@ -32,16 +31,20 @@ LIBERO_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 
 SETTLE_STEPS = 10
 #: The settle action: no motion, gripper open.
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
-BUNDLE_NAME = "libero-assets-8f1084e"
-#: Written into an assets folder unpacked from the offline bundle; lists the files the bundle lacks.
+#: Written by scripts/setup_libero_assets.py into an assets folder unpacked from the offline bundle; lists the files
+#: the bundle lacks.
 BUNDLE_MARKER = ".sb3_stepnft_bundle_missing.txt"
-_CONFIG_HEADER = "# written by sb3_stepnft.envs.libero.ensure_libero_config\n"
+#: The command that writes LIBERO's config and installs its assets (named by the errors below).
+SETUP_HINT = f"python scripts/setup_libero_assets.py (part of `{INSTALL_HINT}`)"
 _ASSET_SUBDIRS = ("articulated_objects", "stable_scanned_objects", "turbosquid_objects", "stable_hope_objects", "scenes")
+_CONFIG_DIRS = ("benchmark_root", "bddl_files", "init_states")
 
 
 # ------------------------------------------------------------------------------------------- configuration and assets
 def libero_package_dir() -> Path:
     """``.../site-packages/libero/libero`` (found without importing it: its import prompts without a config)."""
+    import importlib.util
+
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -56,80 +59,35 @@ def libero_config_file() -> Path:
     return Path(os.environ.get("LIBERO_CONFIG_PATH", "~/.libero")).expanduser() / "config.yaml"
 
 
-def ensure_libero_config() -> Path:
-    """Write LIBERO's ``config.yaml`` so that ``import libero.libero`` never prompts on stdin.
+def check_libero_config() -> Path:
+    """LIBERO's ``config.yaml``, or a ``FileNotFoundError`` naming the set-up command when it is missing or names
+    folders that do not exist (``import libero.libero`` would otherwise ask for them on stdin, or fail later).
 
-    Written when missing, when its folders do not exist (left by a deleted venv), or when this function wrote it for
-    another LIBERO installation; a valid config written by someone else is left as it is.
+    :return: The config file.
     """
     import yaml
 
-    root = libero_package_dir()
     config_file = libero_config_file()
-    config: dict[str, Any] = {}
+    problem = "does not exist"
     if config_file.exists():
-        text = config_file.read_text()
         try:
-            config = dict(yaml.safe_load(text) or {})
-        except (yaml.YAMLError, TypeError, ValueError):
-            config = {}
-        valid = all(Path(str(config.get(key, ""))).is_dir() for key in ("benchmark_root", "bddl_files", "init_states"))
-        ours_elsewhere = text.startswith(_CONFIG_HEADER) and config.get("benchmark_root") != str(root)
-        if valid and not ours_elsewhere:
-            return config_file
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    new = {
-        "benchmark_root": str(root),
-        "bddl_files": str(root / "bddl_files"),
-        "init_states": str(root / "init_files"),
-        "datasets": str(config.get("datasets") or config_file.parent / "datasets"),
-        "assets": str(root / "assets"),
-    }
-    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(_CONFIG_HEADER + yaml.safe_dump(new))
-    os.replace(tmp, config_file)  # atomic: parallel test workers never read a half-written file
-    return config_file
+            config = dict(yaml.safe_load(config_file.read_text()) or {})
+        except (yaml.YAMLError, TypeError, ValueError) as error:
+            config, problem = {}, f"is not valid YAML ({error})"
+        else:
+            absent = [key for key in _CONFIG_DIRS if not Path(str(config.get(key, ""))).is_dir()]
+            if not absent:
+                return config_file
+            problem = f"names folders that do not exist ({', '.join(f'{key}: {config.get(key)}' for key in absent)})"
+    raise FileNotFoundError(
+        f"LIBERO's config {config_file} {problem}; without a valid one LIBERO's first import asks for its folders on "
+        f"stdin. Write it with `{SETUP_HINT}` (or `--config-only` for the config alone); $LIBERO_CONFIG_PATH selects "
+        "another folder."
+    )
 
 
 def _complete(assets: Path) -> bool:
     return all((assets / sub).is_dir() for sub in _ASSET_SUBDIRS[:4])
-
-
-def find_bundle() -> Path | None:
-    """The offline asset bundle: ``$SB3_STEPNFT_LIBERO_BUNDLE``, else ``<shared data>/libero-assets-*.tar.zst``."""
-    if os.environ.get("SB3_STEPNFT_LIBERO_BUNDLE"):
-        return Path(os.environ["SB3_STEPNFT_LIBERO_BUNDLE"]).expanduser()
-    candidates = sorted(shared_data_dir().glob("libero-assets-*.tar.zst"))
-    return candidates[-1] if candidates else None
-
-
-def install_libero_assets(bundle: str | os.PathLike | None = None, parent: str | os.PathLike | None = None) -> Path:
-    """Unpack the offline bundle as ``<parent>/assets`` (default parent: LIBERO's package folder, where LIBERO looks).
-
-    The bundle (LIBERO commit 8f1084e, ``../shared/data``) lacks 30 large visual files; they are listed in
-    ``<assets>/.sb3_stepnft_bundle_missing.txt``. Collision geometry is complete, so physics and success checks are
-    exact, but LIBERO cannot build a scene that references a missing visual: get LIBERO's complete assets for real use.
-
-    :return: The assets folder.
-    """
-    bundle = Path(bundle) if bundle is not None else find_bundle()
-    if bundle is None or not bundle.exists():
-        raise FileNotFoundError(f"No LIBERO asset bundle found (looked for {shared_data_dir()}/libero-assets-*.tar.zst)")
-    parent = Path(parent) if parent is not None else libero_package_dir()
-    parent.mkdir(parents=True, exist_ok=True)
-    try:
-        decompress = subprocess.Popen(["zstd", "-dc", str(bundle)], stdout=subprocess.PIPE)
-    except FileNotFoundError as error:
-        raise FileNotFoundError("Unpacking the LIBERO bundle needs the zstd program: apt-get install zstd") from error
-    untar = subprocess.run(["tar", "xf", "-", "-C", str(parent)], stdin=decompress.stdout, capture_output=True)
-    decompress.stdout.close()
-    if decompress.wait() != 0 or untar.returncode != 0:
-        raise RuntimeError(f"Unpacking {bundle} into {parent} failed: {untar.stderr.decode()[-1000:]}")
-    assets = parent / "assets"
-    missing_list = bundle.with_name(bundle.name.replace(".tar.zst", ".MISSING.txt"))
-    missing = missing_list.read_text().split() if missing_list.exists() else []
-    (assets / BUNDLE_MARKER).write_text("".join(f"{line.removeprefix('assets/')}\n" for line in missing))
-    return assets
 
 
 def bundle_missing_files(assets: str | os.PathLike) -> list[str]:
@@ -140,9 +98,10 @@ def bundle_missing_files(assets: str | os.PathLike) -> list[str]:
     return [line for line in marker.read_text().split() if not (Path(assets) / line).exists()]
 
 
-def resolve_libero_assets(assets_path: str | os.PathLike | None = None, unpack: bool = True) -> Path:
-    """The assets folder to use: ``assets_path``, ``$SB3_STEPNFT_LIBERO_ASSETS``, LIBERO's own (``<libero
-    package>/assets`` or ``~/.cache/libero/assets``), else the offline bundle unpacked to LIBERO's location."""
+def resolve_libero_assets(assets_path: str | os.PathLike | None = None) -> Path:
+    """The assets folder to use: ``assets_path``, ``$SB3_STEPNFT_LIBERO_ASSETS``, else LIBERO's own (``<libero
+    package>/assets``, where ``scripts/setup_libero_assets.py`` unpacks the offline bundle, or
+    ``~/.cache/libero/assets``). Raises a ``FileNotFoundError`` naming the fixes when there is none."""
     explicit = assets_path or os.environ.get("SB3_STEPNFT_LIBERO_ASSETS")
     if explicit:
         path = Path(explicit).expanduser()
@@ -152,21 +111,19 @@ def resolve_libero_assets(assets_path: str | os.PathLike | None = None, unpack: 
     for candidate in (libero_package_dir() / "assets", Path("~/.cache/libero/assets").expanduser()):
         if _complete(candidate):
             return candidate
-    if unpack and find_bundle() is not None:
-        return install_libero_assets()
     raise FileNotFoundError(
         "LIBERO's scene and object assets are not installed (the PyPI package does not ship them and downloads them "
         'from the Hugging Face hub on first use). Fixes: where a network is available, run `python -c "from '
         'libero.libero.utils.download_utils import download_assets_from_huggingface as d; d()"`; or copy the '
         f"`libero/libero/assets` folder of a LIBERO checkout to {libero_package_dir() / 'assets'}; or pass "
-        f"assets_path=...; or put the offline bundle in {shared_data_dir()} and run `{INSTALL_HINT}`."
+        f"assets_path=...; or put the offline bundle in {shared_data_dir()} and run `{SETUP_HINT}`."
     )
 
 
 def import_libero(assets_path: str | os.PathLike | None = None):
-    """Import ``libero.libero`` non-interactively (config, EGL, assets) and return it."""
+    """Import ``libero.libero`` non-interactively (config checked, EGL, assets) and return it."""
     import_simulator("robosuite", "libero")
-    ensure_libero_config()
+    check_libero_config()
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
@@ -398,11 +355,15 @@ def evaluate_libero(
     no-op steps after each reset, at most ``max_steps`` env steps per episode (:data:`LIBERO_MAX_STEPS` of the suite),
     the deterministic policy, success = the BDDL goal reached within the limit.
 
+    Each task's episodes run through the package's one evaluation loop,
+    :func:`~sb3_stepnft.common.evaluation.evaluate_success`, on a one-env ``DummyVecEnv`` whose :class:`LiberoEnv`
+    cycles through ``init_states`` in order (the env is not reseeded; ``seed`` seeds only the policy's noise).
+
     50 initial states x 10 tasks take hours on 2 CPU cores (about 5 env steps/s with two 128 px cameras): pass
     ``tasks`` and ``init_states`` subsets for quick checks, and report them.
 
-    :param model: Anything with SB3's ``predict(obs, deterministic=...)`` trained on :func:`make_libero_env`
-        observations with the same ``camera_size``.
+    :param model: Anything with SB3's ``predict(obs, state=None, episode_start=None, deterministic=...)`` (an SB3 or
+        sb3_stepnft model) trained on :func:`make_libero_env` observations with the same ``camera_size``.
     :param suite: The LIBERO suite.
     :param tasks: Task ids (default: all of the suite).
     :param init_states: Initial-state ids, run in this order for every task.
@@ -416,7 +377,8 @@ def evaluate_libero(
     :param env_kwargs: Further keyword arguments of :class:`LiberoEnv`'s LIBERO env.
     :param verbose: 1 prints one line per task.
     :return: ``dict(suite, success_rate, episodes, max_steps, settle_steps, tasks=[dict(task_id, name, instruction,
-        success_rate, successes, lengths), ...])``; ``success_rate`` is over all episodes (equal per task).
+        success_rate, successes, lengths), ...])``; ``success_rate`` is over all episodes (equal per task); ``lengths``
+        are env steps.
     """
     init_states = [int(i) for i in init_states]
     if not init_states:
@@ -428,39 +390,29 @@ def evaluate_libero(
         tasks = range(benchmark.get_benchmark_dict()[suite]().n_tasks)
     chunk_size = chunk_size or _chunk_size_of(model)
     results = []
-    with th.random.fork_rng(devices=[]):
-        if seed is not None:
-            th.manual_seed(seed)
-        for task_id in tasks:
-            env = make_libero_env(
-                suite, task_id, camera_size, chunk_size, init_state_ids=init_states, max_episode_steps=max_steps,
-                settle_steps=settle_steps, assets_path=assets_path, env_kwargs=env_kwargs,
-            )  # fmt: skip
-            inner: LiberoEnv = env.unwrapped  # type: ignore[assignment]
-            successes, lengths = [], []
-            for state_id in init_states:
-                obs, info = env.reset(options={"init_state_id": state_id})
-                steps, done = 0, False
-                while not done:
-                    action, _ = model.predict(obs, deterministic=deterministic)
-                    obs, _, terminated, truncated, info = env.step(action)
-                    steps += int(info.get("env_steps", 1))
-                    done = terminated or truncated
-                successes.append(bool(info["is_success"]))
-                lengths.append(steps)
-            env.close()
-            results.append(
-                dict(
-                    task_id=int(task_id),
-                    name=inner.task_name,
-                    instruction=inner.instruction,
-                    success_rate=float(np.mean(successes)),
-                    successes=successes,
-                    lengths=lengths,
-                )
+    for task_id in tasks:
+        env = make_libero_env(
+            suite, task_id, camera_size, chunk_size, init_state_ids=init_states, max_episode_steps=max_steps,
+            settle_steps=settle_steps, assets_path=assets_path, env_kwargs=env_kwargs,
+        )  # fmt: skip
+        inner: LiberoEnv = env.unwrapped  # type: ignore[assignment]
+        vec_env = DummyVecEnv([lambda env=env: Monitor(env)])
+        try:
+            outcome = evaluate_success(model, vec_env, len(init_states), deterministic, seed, seed_env=False)
+        finally:
+            vec_env.close()
+        results.append(
+            dict(
+                task_id=int(task_id),
+                name=inner.task_name,
+                instruction=inner.instruction,
+                success_rate=outcome["success_rate"],
+                successes=outcome["successes"],
+                lengths=outcome["env_steps"],
             )
-            if verbose:
-                print(f"{suite} task {task_id} ({inner.instruction}): success {results[-1]['success_rate']:.2f}")
+        )
+        if verbose:
+            print(f"{suite} task {task_id} ({inner.instruction}): success {results[-1]['success_rate']:.2f}")
     all_successes = [s for r in results for s in r["successes"]]
     return dict(
         suite=suite,
@@ -470,42 +422,3 @@ def evaluate_libero(
         settle_steps=int(settle_steps),
         tasks=results,
     )
-
-
-def setup_libero(bundle: str | os.PathLike | None = None) -> Path | None:
-    """Prepare LIBERO non-interactively: write the config and, when LIBERO's own assets are missing, unpack the
-    offline bundle (``scripts/install_sim.sh`` calls this). Prints what it found; returns the assets folder (None: no
-    assets and no bundle)."""
-    config = ensure_libero_config()
-    print(f"[libero] config: {config}")
-    try:
-        assets = resolve_libero_assets(unpack=False)
-        origin = "offline bundle" if (assets / BUNDLE_MARKER).exists() else "LIBERO's own"
-    except FileNotFoundError:
-        if bundle is None and find_bundle() is None:
-            print(f"[libero] WARNING: no assets and no bundle in {shared_data_dir()}; LIBERO envs cannot be built offline")
-            return None
-        assets, origin = install_libero_assets(bundle), "offline bundle, unpacked now"
-    print(f"[libero] assets: {assets} ({origin})")
-    missing = bundle_missing_files(assets)
-    if missing:
-        print(
-            f"[libero] note: {len(missing)} visual files are absent from the bundle ({assets / BUNDLE_MARKER}); scenes "
-            "that use them need LIBERO's complete assets (the tests fill them with placeholders)"
-        )
-    return assets
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Prepare LIBERO non-interactively: config.yaml and assets.")
-    parser.add_argument("--setup", action="store_true", help="write the config and unpack the offline assets if needed")
-    parser.add_argument("--bundle", default=None, help="asset bundle (.tar.zst); default: ../shared/data")
-    args = parser.parse_args(argv)
-    if args.setup:
-        setup_libero(args.bundle)
-    else:
-        parser.print_help()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,25 +1,26 @@
 """ManiSkill3 adapter: SB3 VecEnvs over ManiSkill tasks.
 
-On the CPU simulator every sub-env is one ManiSkill env (``num_envs=1``, ManiSkill's ``CPUGymWrapper``) wrapped for
-SB3: success as ``info["is_success"]``, optional instruction and action chunks, SB3 ``Monitor``, seeded resets, and
-FlowGRPO groups (``GroupSeed``) on request. ``mani_skill`` is imported inside the functions, so this module imports
-with the core install. See docs/environments.md for installation (Vulkan is required even for state observations),
-supported tasks and measured speeds.
+A :class:`ManiSkillSpec` says what one sub-env is (task, observation and control modes, wrappers); the factories take
+it. On the CPU simulator every sub-env is one ManiSkill env (``num_envs=1``, ManiSkill's ``CPUGymWrapper``) wrapped
+for SB3: success as ``info["is_success"]``, optional instruction and action chunks, SB3 ``Monitor``, seeded resets,
+and FlowGRPO groups (``GroupSeed``) on request. The GPU simulator lives in :mod:`sb3_stepnft.envs.maniskill_gpu`
+(untested without a GPU). ``mani_skill`` is imported inside the functions, so this module imports with the core
+install. See docs/environments.md for installation (Vulkan is required even for state observations), supported tasks
+and measured speeds.
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from sb3_stepnft.envs.grouped import make_grouped_vec_env
 from sb3_stepnft.envs.sim_utils import ActionBounds, InstructionInfo, import_simulator
 from sb3_stepnft.wrappers import ActionChunk, SuccessInfo
 
@@ -93,41 +94,84 @@ def _check_obs_mode(obs_mode: str) -> None:
         )
 
 
+def _check_chunk_size(chunk_size: int) -> None:
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManiSkillSpec:
+    """What one ManiSkill sub-env is: the task, its observation and control modes, and the wrappers around it.
+
+    The simulator backend and the number of sub-envs belong to the VecEnv (:func:`make_maniskill_vec_env`), not here.
+    Invalid values raise at construction (before ManiSkill is imported). Parameters: see :func:`make_maniskill_env`.
+    """
+
+    env_id: str
+    obs_mode: str = "state"
+    control_mode: str = "pd_ee_delta_pos"
+    chunk_size: int = 1
+    instruction: str | bool | None = None
+    max_episode_steps: int | None = None
+    render_backend: str = "cpu"
+    camera_size: int | None = None
+    reward_mode: str | None = None
+    action_bounds: float | Sequence[float] | None = None
+    env_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_obs_mode(self.obs_mode)
+        _check_chunk_size(self.chunk_size)
+        task_instruction(self.env_id, self.instruction)  # early error for instruction=True on an unknown task
+
+    @property
+    def instruction_text(self) -> str | None:
+        """The instruction string (:func:`task_instruction`), or None."""
+        return task_instruction(self.env_id, self.instruction)
+
+
+def as_spec(spec: ManiSkillSpec | str, **fields: Any) -> ManiSkillSpec:
+    """``spec`` with ``fields`` replaced, or a new :class:`ManiSkillSpec` when ``spec`` is an env id."""
+    if isinstance(spec, ManiSkillSpec):
+        return dataclasses.replace(spec, **fields) if fields else spec
+    if not isinstance(spec, str):
+        raise TypeError(f"Expected a ManiSkillSpec or a ManiSkill env id, got {type(spec).__name__}")
+    return ManiSkillSpec(spec, **fields)
+
+
 def make_maniskill_base_env(
-    env_id: str,
-    obs_mode: str = "state",
-    control_mode: str = "pd_ee_delta_pos",
-    sim_backend: str = "physx_cpu",
-    num_envs: int = 1,
-    max_episode_steps: int | None = None,
-    render_backend: str = "cpu",
-    camera_size: int | None = None,
-    reward_mode: str | None = None,
-    env_kwargs: dict[str, Any] | None = None,
+    spec: ManiSkillSpec | str, sim_backend: str = "physx_cpu", num_envs: int = 1, **fields: Any
 ) -> gym.Env:
     """``gym.make`` of a ManiSkill task, with visual observations flattened to ``{"state", "rgb"/"depth"}``.
 
-    Returns ManiSkill's own (batched, torch) env; :func:`make_maniskill_gym_env` adds the CPU/SB3 wrappers.
-    Raises a RuntimeError naming the fix when no Vulkan device is usable, and a FileNotFoundError when the task
-    needs assets that are not on this machine.
+    Returns ManiSkill's own (batched, torch) env, without the spec's wrappers (chunks, instruction, bounds):
+    :func:`make_maniskill_gym_env` adds them and the CPU/SB3 wrappers. Raises a RuntimeError naming the fix when no
+    Vulkan device is usable, and a FileNotFoundError when the task needs assets that are not on this machine.
+
+    :param spec: The sub-env (or an env id, with ``fields`` as the other :class:`ManiSkillSpec` fields).
+    :param sim_backend: ManiSkill's ``sim_backend`` (``"physx_cpu"`` or ``"physx_cuda"``).
+    :param num_envs: ManiSkill's ``num_envs`` (1 on the CPU simulator).
     """
-    _check_obs_mode(obs_mode)
+    spec = as_spec(spec, **fields)
     import_simulator("mani_skill.envs", "maniskill")  # registers the ManiSkill ids
-    if env_id not in gym.registry:
-        raise ValueError(f"Unknown ManiSkill env id {env_id!r} (e.g. {sorted(TASK_INSTRUCTIONS)}); see docs/environments.md")
+    if spec.env_id not in gym.registry:
+        raise ValueError(
+            f"Unknown ManiSkill env id {spec.env_id!r} (e.g. {sorted(TASK_INSTRUCTIONS)}); see docs/environments.md"
+        )
     kwargs: dict[str, Any] = dict(
-        obs_mode=obs_mode, control_mode=control_mode, sim_backend=sim_backend, render_backend=render_backend, num_envs=num_envs
-    )
-    if camera_size is not None:
-        kwargs["sensor_configs"] = dict(width=int(camera_size), height=int(camera_size))
-    if reward_mode is not None:
-        kwargs["reward_mode"] = reward_mode
-    if max_episode_steps is not None:
-        kwargs["max_episode_steps"] = int(max_episode_steps)
-    kwargs.update(env_kwargs or {})
+        obs_mode=spec.obs_mode, control_mode=spec.control_mode, sim_backend=sim_backend,
+        render_backend=spec.render_backend, num_envs=num_envs,
+    )  # fmt: skip
+    if spec.camera_size is not None:
+        kwargs["sensor_configs"] = dict(width=int(spec.camera_size), height=int(spec.camera_size))
+    if spec.reward_mode is not None:
+        kwargs["reward_mode"] = spec.reward_mode
+    if spec.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = int(spec.max_episode_steps)
+    kwargs.update(spec.env_kwargs or {})
     try:
         with _no_asset_downloads():
-            env = gym.make(env_id, **kwargs)
+            env = gym.make(spec.env_id, **kwargs)
     except RuntimeError as error:
         if _is_vulkan_error(error):
             raise RuntimeError(f"{VULKAN_HELP} (original error: {error})") from error
@@ -139,31 +183,19 @@ def make_maniskill_base_env(
         raise
     except OSError as error:  # the refused download prompt, or data files missing under ~/.maniskill
         raise FileNotFoundError(
-            f"{env_id} needs ManiSkill assets that are not on this machine ({error}). Download them beforehand where a "
-            f"network is available (`python -m mani_skill.utils.download_asset {env_id}`), or use a task that needs "
-            "none (PushCube, PullCube, PickCube, StackCube, LiftPegUpright, ...: docs/environments.md)."
+            f"{spec.env_id} needs ManiSkill assets that are not on this machine ({error}). Download them beforehand "
+            f"where a network is available (`python -m mani_skill.utils.download_asset {spec.env_id}`), or use a task "
+            "that needs none (PushCube, PullCube, PickCube, StackCube, LiftPegUpright, ...: docs/environments.md)."
         ) from error
-    if obs_mode != "state":
+    if spec.obs_mode != "state":
         from mani_skill.utils.wrappers.flatten import FlattenRGBDObservationWrapper
 
-        rgb, depth = obs_mode in ("rgb", "rgbd"), obs_mode in ("rgbd", "depth")
+        rgb, depth = spec.obs_mode in ("rgb", "rgbd"), spec.obs_mode in ("rgbd", "depth")
         env = FlattenRGBDObservationWrapper(env, rgb=rgb, depth=depth, state=True)
     return env
 
 
-def make_maniskill_gym_env(
-    env_id: str,
-    obs_mode: str = "state",
-    control_mode: str = "pd_ee_delta_pos",
-    chunk_size: int = 1,
-    instruction: str | bool | None = None,
-    max_episode_steps: int | None = None,
-    render_backend: str = "cpu",
-    camera_size: int | None = None,
-    reward_mode: str | None = None,
-    action_bounds: float | Sequence[float] | None = None,
-    env_kwargs: dict[str, Any] | None = None,
-) -> gym.Env:
+def make_maniskill_gym_env(spec: ManiSkillSpec | str, **fields: Any) -> gym.Env:
     """One ManiSkill task on the CPU simulator as a plain gymnasium env (numpy, unbatched), without ``Monitor``.
 
     Wrappers, inside out: ManiSkill's ``CPUGymWrapper(record_metrics=False)`` (its ``record_metrics=True`` writes an
@@ -173,30 +205,68 @@ def make_maniskill_gym_env(
     :class:`~sb3_stepnft.wrappers.ActionChunk` when ``chunk_size > 1``. Episodes terminate
     at success (ManiSkill's convention) and are truncated after ``max_episode_steps`` underlying steps.
 
-    Parameters: see :func:`make_maniskill_env`.
+    :param spec: The sub-env (or an env id, with ``fields`` as the other :class:`ManiSkillSpec` fields, e.g.
+        ``make_maniskill_gym_env("PushCube-v1", max_episode_steps=80)``).
     """
-    _check_chunk_size(chunk_size)
+    spec = as_spec(spec, **fields)
     import_simulator("mani_skill.envs", "maniskill")
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
-    text = task_instruction(env_id, instruction)
-    env = make_maniskill_base_env(
-        env_id, obs_mode, control_mode, "physx_cpu", 1, max_episode_steps, render_backend, camera_size, reward_mode, env_kwargs
-    )
+    env = make_maniskill_base_env(spec, "physx_cpu", 1)
     env = CPUGymWrapper(env, ignore_terminations=False, record_metrics=False)
     env = SuccessInfo(env, key="success")
-    if text is not None:
-        env = InstructionInfo(env, text)
-    if action_bounds is not None:
-        env = ActionBounds(env, action_bounds)
-    if chunk_size > 1:
-        env = ActionChunk(env, chunk_size)
+    if spec.instruction_text is not None:
+        env = InstructionInfo(env, spec.instruction_text)
+    if spec.action_bounds is not None:
+        env = ActionBounds(env, spec.action_bounds)
+    if spec.chunk_size > 1:
+        env = ActionChunk(env, spec.chunk_size)
     return env
 
 
-def _check_chunk_size(chunk_size: int) -> None:
-    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+def make_maniskill_vec_env(
+    spec: ManiSkillSpec,
+    num_envs: int = 1,
+    sim_backend: str = "cpu",
+    seed: int | None = None,
+    group_size: int | None = None,
+    vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] = DummyVecEnv,
+    monitor_dir: str | None = None,
+    vec_env_kwargs: dict[str, Any] | None = None,
+) -> VecEnv:
+    """An SB3 VecEnv of ``num_envs`` sub-envs described by ``spec``. Parameters: see :func:`make_maniskill_env`."""
+    for name, value in (("num_envs", num_envs),) + ((("group_size", group_size),) if group_size is not None else ()):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    import_simulator("mani_skill.envs", "maniskill")  # here, not in a SubprocVecEnv worker
+    if sim_backend in GPU_BACKENDS:
+        if group_size is not None:
+            raise NotImplementedError(
+                "sim_backend='gpu' supports no group_size (GPU sub-envs share one batched simulator); use "
+                "sim_backend='cpu' for FlowGRPO groups"
+            )
+        from sb3_stepnft.envs.maniskill_gpu import make_maniskill_gpu_env
+
+        return make_maniskill_gpu_env(spec, num_envs, seed)
+    if sim_backend not in CPU_BACKENDS:
+        raise ValueError(f"Unknown sim_backend={sim_backend!r}: use 'cpu' or 'gpu'")
+    env_fn = functools.partial(make_maniskill_gym_env, spec)
+    if group_size is not None:
+        if num_envs % group_size:
+            raise ValueError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
+        return make_grouped_vec_env(
+            env_fn,
+            n_groups=num_envs // group_size,
+            group_size=group_size,
+            seed=seed,
+            vec_env_cls=vec_env_cls,
+            monitor_dir=monitor_dir,
+            vec_env_kwargs=vec_env_kwargs,
+        )
+    vec_env = vec_env_cls([_monitored(env_fn, rank, monitor_dir) for rank in range(num_envs)], **(vec_env_kwargs or {}))
+    if seed is not None:
+        vec_env.seed(seed)
+    return vec_env
 
 
 def make_maniskill_env(
@@ -220,12 +290,14 @@ def make_maniskill_env(
     monitor_dir: str | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
 ) -> VecEnv:
-    """An SB3 VecEnv of ``num_envs`` copies of a ManiSkill3 task.
+    """An SB3 VecEnv of ``num_envs`` copies of a ManiSkill3 task: builds the :class:`ManiSkillSpec` from the keywords
+    and calls :func:`make_maniskill_vec_env`.
 
     ``sim_backend="cpu"`` (tested): one ManiSkill env per sub-env (:func:`make_maniskill_gym_env`), each in SB3's
     ``Monitor`` (with ``is_success`` in its CSV), in ``vec_env_cls`` (``SubprocVecEnv`` uses both cores; it needs an
     ``if __name__ == "__main__":`` guard in scripts). ``sim_backend="gpu"``: ManiSkill's GPU-parallel PhysX with all
-    sub-envs in one process (:class:`ManiSkillGPUVecEnv`); it needs a CUDA GPU and is **untested** (no GPU here).
+    sub-envs in one process (:mod:`sb3_stepnft.envs.maniskill_gpu`); it needs a CUDA GPU and is **untested** (no GPU
+    here).
 
     :param env_id: A ManiSkill id, e.g. ``"PushCube-v1"`` (docs/environments.md lists those that work offline).
     :param num_envs: Number of sub-envs.
@@ -254,59 +326,11 @@ def make_maniskill_env(
     :param monitor_dir: Folder for Monitor CSV files (None: none written).
     :param vec_env_kwargs: Keyword arguments of ``vec_env_cls``.
     """
-    for name, value in (("num_envs", num_envs),) + ((("group_size", group_size),) if group_size is not None else ()):
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    _check_chunk_size(chunk_size)
-    _check_obs_mode(obs_mode)
-    task_instruction(env_id, instruction)  # early error for instruction=True on an unknown task
-    import_simulator("mani_skill.envs", "maniskill")  # here, not in a SubprocVecEnv worker
-    if sim_backend in GPU_BACKENDS:
-        if chunk_size != 1 or group_size is not None or action_bounds is not None:
-            raise NotImplementedError(
-                "sim_backend='gpu' supports chunk_size=1, no group_size and no action_bounds (GPU sub-envs share one "
-                "batched simulator); use sim_backend='cpu' for action chunks, FlowGRPO groups and narrowed bounds"
-            )
-        return make_maniskill_gpu_env(
-            env_id, num_envs, obs_mode, control_mode, instruction, seed, max_episode_steps, render_backend, camera_size,
-            reward_mode, env_kwargs,
-        )  # fmt: skip
-    if sim_backend not in CPU_BACKENDS:
-        raise ValueError(f"Unknown sim_backend={sim_backend!r}: use 'cpu' or 'gpu'")
-    env_fn = functools.partial(
-        make_maniskill_gym_env,
-        env_id,
-        obs_mode=obs_mode,
-        control_mode=control_mode,
-        chunk_size=chunk_size,
-        instruction=instruction,
-        max_episode_steps=max_episode_steps,
-        render_backend=render_backend,
-        camera_size=camera_size,
-        reward_mode=reward_mode,
-        action_bounds=action_bounds,
-        env_kwargs=env_kwargs,
-    )
-    if group_size is not None:
-        if num_envs % group_size:
-            raise ValueError(f"num_envs={num_envs} must be a multiple of group_size={group_size}")
-        try:
-            from sb3_stepnft.envs.grouped import make_grouped_vec_env
-        except ImportError as error:  # pragma: no cover - only before GroupSeed/make_grouped_vec_env exist
-            raise NotImplementedError("group_size needs sb3_stepnft.envs.make_grouped_vec_env (FlowGRPO groups)") from error
-        return make_grouped_vec_env(
-            env_fn,
-            n_groups=num_envs // group_size,
-            group_size=group_size,
-            seed=seed,
-            vec_env_cls=vec_env_cls,
-            monitor_dir=monitor_dir,
-            vec_env_kwargs=vec_env_kwargs,
-        )
-    vec_env = vec_env_cls([_monitored(env_fn, rank, monitor_dir) for rank in range(num_envs)], **(vec_env_kwargs or {}))
-    if seed is not None:
-        vec_env.seed(seed)
-    return vec_env
+    spec = ManiSkillSpec(
+        env_id, obs_mode, control_mode, chunk_size, instruction, max_episode_steps, render_backend, camera_size,
+        reward_mode, action_bounds, env_kwargs,
+    )  # fmt: skip
+    return make_maniskill_vec_env(spec, num_envs, sim_backend, seed, group_size, vec_env_cls, monitor_dir, vec_env_kwargs)
 
 
 def _monitored(env_fn: Callable[[], gym.Env], rank: int, monitor_dir: str | None) -> Callable[[], gym.Env]:
@@ -320,157 +344,20 @@ def _monitored(env_fn: Callable[[], gym.Env], rank: int, monitor_dir: str | None
     return _init
 
 
-# ---------------------------------------------------------------------------------------------- GPU simulator
-def make_maniskill_gpu_env(
-    env_id: str,
-    num_envs: int,
-    obs_mode: str = "state",
-    control_mode: str = "pd_ee_delta_pos",
-    instruction: str | bool | None = None,
-    seed: int | None = None,
-    max_episode_steps: int | None = None,
-    render_backend: str = "cpu",
-    camera_size: int | None = None,
-    reward_mode: str | None = None,
-    env_kwargs: dict[str, Any] | None = None,
-) -> "ManiSkillGPUVecEnv":
-    """``num_envs`` sub-envs in ManiSkill's GPU-parallel simulator as one SB3 VecEnv. **Untested** (no GPU on the
-    machines this package is developed on); raises a RuntimeError naming the fix when no CUDA device is usable."""
-    import torch as th
+def __getattr__(name: str) -> Any:
+    """The GPU simulator's names, which moved to :mod:`sb3_stepnft.envs.maniskill_gpu` (imported on first use)."""
+    if name in ("ManiSkillGPUVecEnv", "make_maniskill_gpu_env"):
+        from sb3_stepnft.envs import maniskill_gpu
 
-    if not th.cuda.is_available():
-        raise RuntimeError(
-            "sim_backend='gpu' needs a CUDA GPU (torch.cuda.is_available() is False here). Use sim_backend='cpu', "
-            "which runs one ManiSkill env per sub-env."
-        )
-    if render_backend == "cpu":
-        render_backend = "gpu"
-    env = make_maniskill_base_env(
-        env_id, obs_mode, control_mode, "physx_cuda", num_envs, max_episode_steps, render_backend, camera_size,
-        reward_mode, env_kwargs,
-    )  # fmt: skip
-    vec_env = ManiSkillGPUVecEnv(env, instruction=task_instruction(env_id, instruction))
-    if seed is not None:
-        vec_env.seed(seed)
-    return vec_env
-
-
-def _to_numpy(value):
-    if isinstance(value, dict):
-        return {key: _to_numpy(item) for key, item in value.items()}
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _take(obs, index: int):
-    if isinstance(obs, dict):
-        return {key: value[index].copy() for key, value in obs.items()}
-    return obs[index].copy()  # a copy: the partial reset overwrites obs in place
-
-
-def _put(obs, index: np.ndarray, new):
-    if isinstance(obs, dict):
-        for key in obs:
-            obs[key][index] = new[key][index]
-    else:
-        obs[index] = new[index]
-
-
-class ManiSkillGPUVecEnv(VecEnv):
-    """SB3 VecEnv over one batched ManiSkill env (GPU simulator; also accepts a CPU env with ``num_envs=1``).
-
-    Emulates what ``Monitor`` and SB3's VecEnvs add per sub-env: ``info["episode"]`` (``r``, ``l``, ``t``),
-    ``is_success``, ``TimeLimit.truncated`` and ``terminal_observation`` at episode ends, followed by a partial reset of
-    the finished sub-envs. ``env_is_wrapped(Monitor)`` therefore answers True.
-
-    :param env: A ManiSkill env from ``gym.make(..., num_envs=N)`` (observations: batched torch tensors).
-    :param instruction: Optional instruction text, reported in every info.
-    """
-
-    def __init__(self, env: gym.Env, instruction: str | None = None):
-        base = env.unwrapped
-        self.env = env
-        self.instruction = instruction
-        super().__init__(int(base.num_envs), base.single_observation_space, base.single_action_space)
-        self._actions: np.ndarray | None = None
-        self._returns = np.zeros(self.num_envs, dtype=np.float64)
-        self._lengths = np.zeros(self.num_envs, dtype=np.int64)
-        self._start = time.time()
-
-    def _info(self) -> dict[str, Any]:
-        return {} if self.instruction is None else {"instruction": self.instruction}
-
-    def reset(self) -> VecEnvObs:
-        seeds = None if all(s is None for s in self._seeds) else [int(s or 0) for s in self._seeds]
-        obs, _ = self.env.reset(seed=seeds, options=self._options[0] or None)
-        self._reset_seeds()
-        self._reset_options()
-        self._returns[:] = 0.0
-        self._lengths[:] = 0
-        self.reset_infos = [self._info() for _ in range(self.num_envs)]
-        return _to_numpy(obs)
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions, dtype=np.float32)
-
-    def step_wait(self) -> VecEnvStepReturn:
-        import torch as th
-
-        device = getattr(self.env.unwrapped, "device", "cpu")
-        obs, reward, terminated, truncated, info = self.env.step(th.as_tensor(self._actions, device=device))
-        obs = _to_numpy(obs)
-        reward = _to_numpy(reward).astype(np.float32).reshape(self.num_envs)
-        terminated = _to_numpy(terminated).astype(bool).reshape(self.num_envs)
-        truncated = _to_numpy(truncated).astype(bool).reshape(self.num_envs)
-        success = _to_numpy(info["success"]).astype(bool).reshape(self.num_envs) if "success" in info else None
-        dones = terminated | truncated
-        self._returns += reward
-        self._lengths += 1
-        infos = [self._info() for _ in range(self.num_envs)]
-        finished = np.flatnonzero(dones)
-        for i in finished:
-            infos[i]["terminal_observation"] = _take(obs, i)
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-            if success is not None:
-                infos[i]["is_success"] = bool(success[i])
-            infos[i]["episode"] = {
-                "r": float(self._returns[i]),
-                "l": int(self._lengths[i]),
-                "t": round(time.time() - self._start, 6),
-            }
-        if len(finished):
-            new_obs, _ = self.env.reset(options=dict(env_idx=th.as_tensor(finished, device=device)))
-            _put(obs, finished, _to_numpy(new_obs))
-            self._returns[finished] = 0.0
-            self._lengths[finished] = 0
-        return obs, reward, dones, infos
-
-    def close(self) -> None:
-        self.env.close()
-
-    def _count(self, indices: VecEnvIndices) -> int:
-        return len(self._get_indices(indices))
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        value = self.instruction if attr_name == "instruction" else getattr(self.env.unwrapped, attr_name)
-        return [value] * self._count(indices)
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        setattr(self.env.unwrapped, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        result = getattr(self.env, method_name)(*method_args, **method_kwargs)
-        return [result] * self._count(indices)
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [issubclass(Monitor, wrapper_class)] * self._count(indices)
+        return getattr(maniskill_gpu, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "ManiSkillSpec",
     "make_maniskill_env",
+    "make_maniskill_vec_env",
     "make_maniskill_gym_env",
     "make_maniskill_base_env",
-    "ManiSkillGPUVecEnv",
     "TASK_INSTRUCTIONS",
 ]

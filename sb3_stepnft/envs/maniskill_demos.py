@@ -6,8 +6,8 @@ Three stages, none of which downloads anything:
 
 1. **Plan** with ManiSkill's motion-planning solutions (``pd_joint_pos`` actions) on consecutive seeds from ``seed``,
    keeping successful episodes. mplib 0.1.1 segfaults with numpy 2, so the planner runs in a subprocess of a small
-   *overlay venv* (numpy<2 and opencv-python 4.11 only, created once by :func:`setup_planner`, which
-   ``scripts/install_sim.sh`` calls) that sees the main venv's packages behind its own: the main venv keeps numpy 2.
+   *overlay venv* (numpy<2 and opencv-python 4.11 only, created by ``scripts/install_sim.sh`` and found by
+   :func:`planner_python`) that sees the main venv's packages behind its own: the main venv keeps numpy 2.
 2. **Convert** the actions to the training control mode with ManiSkill's ``replay_trajectory`` (closed loop).
 3. **Re-simulate** the converted actions in the training env itself (:func:`make_maniskill_gym_env`, same seed):
    observations come from exactly the wrappers the policy will see, episodes end at their first success (ManiSkill
@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from sb3_stepnft.envs.sim_utils import INSTALL_HINT, REPO_ROOT, import_simulator
+from sb3_stepnft.envs.sim_utils import INSTALL_HINT, import_simulator
 from sb3_stepnft.sft import Demonstrations
 
 #: Tasks whose planner, conversion and re-simulation were verified on CPU (docs/environments.md).
 TESTED_TASKS = ("PushCube-v1", "PullCube-v1", "PickCube-v1", "StackCube-v1", "LiftPegUpright-v1")
 _PLANNER_SCRIPT = Path(__file__).with_name("_maniskill_planner.py")
-_PLANNER_PINS = ("numpy<2", "opencv-python==4.11.0.86")
 
 
 def recommended_max_episode_steps(lengths, factor: float = 1.5) -> int:
@@ -104,16 +102,6 @@ def planner_venv_dir() -> Path:
     return Path(os.environ.get("SB3_STEPNFT_PLANNER_VENV", Path(sys.prefix) / "sb3_stepnft_planner"))
 
 
-def _overlay_site_packages(venv: Path) -> Path:
-    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-
-
-def _main_site_packages() -> list[str]:
-    import site
-
-    return [path for path in site.getsitepackages() if path.startswith(sys.prefix)]
-
-
 def _planner_ok(python: Path) -> bool:
     if not python.exists():
         return False
@@ -121,41 +109,24 @@ def _planner_ok(python: Path) -> bool:
     return subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0
 
 
-def setup_planner(force: bool = False, quiet: bool = False) -> Path:
-    """Create (once) the overlay venv that runs the motion planner, and return its Python.
+def planner_python() -> Path:
+    """The Python of the motion-planner overlay venv (:func:`planner_venv_dir`).
 
     The overlay holds only ``numpy<2`` and ``opencv-python==4.11.0.86`` (opencv 5 requires numpy 2); a ``.pth`` file
     appends the main venv's site-packages behind them, so mani_skill, sapien, mplib and torch come from the main venv.
-    Installing the two packages needs the package index: ``scripts/install_sim.sh`` does it at install time.
+    Creating it needs the package index, so ``scripts/install_sim.sh`` does it at install time; this function only
+    finds it and raises a ``FileNotFoundError`` naming that command when it is missing or broken.
     """
     import_simulator("mplib", "maniskill")
     venv = planner_venv_dir()
     python = venv / "bin" / "python"
-    if not force and _planner_ok(python):
-        if not quiet:
-            print(f"planner overlay venv: ok ({venv})")
-        return python
-    if venv.exists():
-        shutil.rmtree(venv)
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site_packages = _overlay_site_packages(venv)
-    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in _main_site_packages())
-    (site_packages / "zz_sb3_stepnft_main_venv.pth").write_text(lines)
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", *_PLANNER_PINS]
-    constraints = REPO_ROOT / "constraints.txt"  # the project's pins (torch==2.13.0), as for every pip install
-    if constraints.exists():
-        install += ["-c", str(constraints)]
-    result = subprocess.run(install, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"Could not create the motion-planner venv at {venv} (pip install {' '.join(_PLANNER_PINS)} failed; it needs "
-            f"the package index once, at install time: `{INSTALL_HINT}`):\n{result.stderr[-2000:]}"
-        )
     if not _planner_ok(python):
-        raise RuntimeError(f"The motion-planner venv at {venv} cannot import numpy<2 and mplib; rerun with force=True")
-    if not quiet:
-        print(f"planner overlay venv: created ({venv})")
+        state = "cannot import numpy<2 and mplib" if python.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"The motion-planner overlay venv {venv} {state}. It is created at install time: run `{INSTALL_HINT}` "
+            "(`make install-sim`) with this venv (it rebuilds a broken overlay); $SB3_STEPNFT_PLANNER_VENV selects "
+            "another location."
+        )
     return python
 
 
@@ -167,7 +138,7 @@ def _run(command: list[str], what: str, cwd: str, verbose: bool) -> str:
         tail = (result.stdout[-1500:] + "\n" + result.stderr[-3000:]).strip()
         hint = ""
         if result.returncode in (-11, 139):
-            hint = " (a segfault: mplib with numpy 2? recreate the planner venv: setup_planner(force=True))"
+            hint = f" (a segfault: mplib with numpy 2? delete {planner_venv_dir()} and rerun `{INSTALL_HINT}`)"
         raise RuntimeError(f"{what} failed with exit code {result.returncode}{hint}: {' '.join(command)}\n{tail}")
     if verbose:
         print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else f"{what}: done")
@@ -215,7 +186,7 @@ def generate_demonstrations(
             return Demonstrations.load(npz), json.loads(stats_file.read_text())
     import_simulator("mani_skill", "maniskill")
     start = time.time()
-    python = setup_planner(quiet=not verbose)
+    python = planner_python()
     with tempfile.TemporaryDirectory(prefix="sb3_stepnft_demos_") as work:
         # 1. plan (overlay venv, numpy<2)
         if verbose:
@@ -275,13 +246,14 @@ def _resimulate(env_id: str, h5_path: str, control_mode: str, obs_mode: str, cam
     """Replay the converted actions from each episode's reset seed in the training env, up to its first success."""
     import h5py
 
-    from sb3_stepnft.envs.maniskill import make_maniskill_gym_env
+    from sb3_stepnft.envs.maniskill import ManiSkillSpec, make_maniskill_gym_env
 
     episodes = json.loads(Path(h5_path).with_suffix(".json").read_text())["episodes"]
     with h5py.File(h5_path, "r") as file:
         actions_of = {ep["episode_id"]: file[f"traj_{ep['episode_id']}"]["actions"][:] for ep in episodes}
     limit = max(len(a) for a in actions_of.values()) + 1
-    env = make_maniskill_gym_env(env_id, obs_mode, control_mode, max_episode_steps=limit, camera_size=camera_size)
+    spec = ManiSkillSpec(env_id, obs_mode, control_mode, max_episode_steps=limit, camera_size=camera_size)
+    env = make_maniskill_gym_env(spec)
     observations: list[Any] = []
     actions, starts, lengths, seeds = [], [], [], []
     dropped = 0
@@ -342,11 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode seeds are consecutive)")
     parser.add_argument("--out", default="demos", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the output exists")
-    parser.add_argument("--setup-planner", action="store_true", help="only create the planner overlay venv, then exit")
     args = parser.parse_args(argv)
-    if args.setup_planner:
-        setup_planner()
-        return
     _, stats = generate_demonstrations(
         args.env, args.n, args.control_mode, args.obs_mode, args.seed, args.out, args.overwrite, args.camera_size, verbose=True
     )
