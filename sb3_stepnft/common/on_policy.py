@@ -22,7 +22,8 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
-from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
+from sb3_stepnft.common.checks import check_finite_rewards, check_schedule, success_flag
+from sb3_stepnft.common.persistence import load_checkpoint, save_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 from sb3_stepnft.vla.policy import FlowVLAPolicy
 
@@ -115,6 +116,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         check_positive("max_grad_norm", max_grad_norm)
         if not callable(learning_rate):
             check_positive("learning_rate", learning_rate)
+        check_schedule("learning_rate", learning_rate)  # a schedule is validated like a constant
         super().__init__(
             policy,
             env,
@@ -237,17 +239,20 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if portable is not None:
             self.policy_kwargs = portable(given)
         try:
-            atomic_save(super().save, path, exclude=exclude, include=include)
+            save_checkpoint(self, super().save, path, exclude=exclude, include=include)
         finally:
             self.policy_kwargs = given
 
     @classmethod
-    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
-        """SB3's ``load``, with a clear ``ValueError`` for corrupted, non-SB3 or foreign (non-flow) checkpoints."""
-        check_checkpoint(path, cls.__name__)
-        return super().load(
-            path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
-            force_reset=force_reset, **kwargs,
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True,
+             trust_checkpoint=False, **kwargs):  # fmt: skip
+        """SB3's ``load``, without unpickling anything from the file (docs/safety.md), with a clear ``ValueError`` for
+        corrupted, non-SB3 or foreign checkpoints and invalid saved hyper-parameters. ``trust_checkpoint=True`` lets
+        SB3 unpickle the ``data`` member (needed for checkpoints saved before safe checkpoints): only for files you
+        trust, since unpickling runs any code they contain."""
+        return load_checkpoint(
+            cls, super().load, path, env=env, device=device, custom_objects=custom_objects,
+            print_system_info=print_system_info, force_reset=force_reset, trust_checkpoint=trust_checkpoint, **kwargs,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- hooks
@@ -364,13 +369,14 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         return rewards
 
     def _track_episodes(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        check_finite_rewards(self._original_rewards(rewards))
         self._episode_return += self._original_rewards(rewards)
         for i, info in enumerate(infos):
-            if info.get("is_success", False):
+            if success_flag(info):
                 self._episode_success[i] = True
             if not dones[i]:
                 continue
-            has_flag = "is_success" in info
+            has_flag = success_flag(info) is not None
             episode_return = float(info["episode"]["r"]) if "episode" in info else float(self._episode_return[i])
             episode = FinishedEpisode(
                 int(self._episode_ids[i]),

@@ -9,6 +9,7 @@ import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule
 
+from sb3_stepnft.common.checks import check_divergence, check_noise_level, check_schedule
 from sb3_stepnft.common.flow import step_times
 from sb3_stepnft.common.on_policy import FlowOnPolicyAlgorithm, NonFiniteLossError, check_positive
 from sb3_stepnft.common.policies import FlowPolicy
@@ -19,6 +20,7 @@ def check_schedule_or_positive(name: str, value) -> None:
     """A positive number or a schedule (a callable of the remaining progress)."""
     if not callable(value):
         check_positive(name, value)
+    check_schedule(name, value)  # a schedule is validated like a constant
 
 
 class FlowPolicyGradient(FlowOnPolicyAlgorithm):
@@ -62,6 +64,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
     ):
         # The log-likelihood of the stochastic step needs s_j > 0 (noise_level = 0 would be the pure ODE).
         check_positive("noise_level", noise_level)
+        check_noise_level(noise_level, stochastic=True, algorithm=type(self).__name__)
         check_schedule_or_positive("clip_range", clip_range)
         self.clip_range = clip_range
         self.first_minibatch_ratio_error: float | None = None
@@ -164,6 +167,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
                         totals[key] = totals.get(key, 0.0) + value
                     n_batches += 1
             self._n_updates += self.n_epochs
+            check_divergence(self, loss=totals.get("policy_loss", 0.0) / max(n_batches, 1), samples=data["x_next"])
             self.logger.record("train/stale_fraction", float(1.0 - fresh.mean()))
 
         for key, value in totals.items():

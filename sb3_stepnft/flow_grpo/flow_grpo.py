@@ -6,6 +6,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from sb3_stepnft.common.checks import check_group_outcomes
 from sb3_stepnft.common.on_policy import FinishedEpisode
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.policy_gradient import FlowPolicyGradient
@@ -149,6 +150,7 @@ class FlowGRPO(FlowPolicyGradient):
         """Group-relative advantages of the rounds that every member finished; other episodes stay pending."""
         labels: dict[int, float | None] = {}
         for members in complete_rounds(finished, self.group_size):
+            check_group_outcomes(members)  # never mix success scores and raw returns in one group
             scores = np.array([episode_score(ep) for ep in members])
             # The range is meant for success scores; with return scores it is applied as it is (ours).
             if self.filter_groups and not FILTER_RANGE[0] <= scores.mean() <= FILTER_RANGE[1]:

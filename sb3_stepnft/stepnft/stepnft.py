@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from sb3_stepnft.common.checks import check_divergence, check_noise_level, check_success_consistency
 from sb3_stepnft.common.ema import EMAWeights, check_ema_decay, ema_decay_at
 from sb3_stepnft.common.flow import step_times
 from sb3_stepnft.common.on_policy import FinishedEpisode, FlowOnPolicyAlgorithm, NonFiniteLossError, check_positive
@@ -118,6 +119,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
             raise ValueError(
                 f"step_selection must be 'random' or an int in [0, {num_denoise_steps - 1}], got {step_selection!r}"
             )
+        check_noise_level(noise_level, stochastic=sampler == "sde", algorithm="StepNFT")
         check_positive("trust_region", trust_region)
         if max_drift is not None:
             check_positive("max_drift", max_drift)
@@ -219,6 +221,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
 
     # ------------------------------------------------------------------------------------------------ labels
     def _on_episode_end(self, episode: FinishedEpisode, info: dict[str, Any]) -> None:
+        check_success_consistency(self.outcome, self.outcome_resolved, episode.success, info)
         if self.outcome_resolved is None:  # outcome="auto", decided by the first finished episode (§3.2)
             if episode.success is not None:
                 self.outcome_resolved = "success"
@@ -271,6 +274,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
                         totals[key] = totals.get(key, 0.0) + value
                     n_batches += 1
             self._n_updates += self.n_epochs
+            check_divergence(self, loss=totals["loss"] / n_batches, samples=data["x_final"])
 
         # θ_old ← d·θ_old + (1 - d)·θ, once per iteration, also when nothing was trained (§3.1, §3.5).
         decay = self.current_ema_decay()
