@@ -232,6 +232,18 @@ def test_only_allowed_classes_resolve(path):
     assert persistence.resolve_class("torch.nn.modules.activation.ReLU") is th.nn.ReLU
 
 
+def test_file_objects_are_saved_and_loaded_safely(tmp_path):
+    import io
+
+    model = small_stepnft()
+    buffer = io.BytesIO()
+    model.save(buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        assert persistence.SAFE_MEMBER in archive.namelist()
+    buffer.seek(0)
+    assert StepNFT.load(buffer).observation_space == model.observation_space
+
+
 # ================================================================================ 6. checkpoint diagnostics
 def test_truncated_checkpoint(saved, tmp_path):
     _, path = saved
