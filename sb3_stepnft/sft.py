@@ -1,6 +1,7 @@
 """Demonstrations and flow-matching pretraining (SFT) of flow policies (ALGORITHM.md §1)."""
 
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 
+from sb3_stepnft.common.checks import action_bounds_report, check_finite_observations, check_positive_number
 from sb3_stepnft.common.flow import flow_matching_interpolate, sample_flow_times
 from sb3_stepnft.common.optim import optimizer_step
 from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, FlowPolicy
@@ -46,7 +48,9 @@ class Demonstrations:
         if len(self.actions) == 0:
             raise ValueError("Demonstrations are empty")
         if not np.all(np.isfinite(self.actions)):
-            raise ValueError("Demonstration actions contain NaN or inf")
+            bad = int(np.nonzero(~np.isfinite(self.actions.reshape(len(self.actions), -1)).all(axis=1))[0][0])
+            raise ValueError(f"Demonstration actions contain NaN or inf (first at step {bad}): remove or fix those steps")
+        check_finite_observations(self.observations)
         if len(self.episode_starts):
             self.episode_starts[0] = True
 
@@ -69,7 +73,10 @@ class Demonstrations:
             arrays["observations"] = self.observations
         tmp = path + ".tmp.npz"
         try:
-            np.savez_compressed(tmp, **arrays)
+            with open(tmp, "wb") as file:
+                np.savez_compressed(file, **arrays)
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -77,7 +84,11 @@ class Demonstrations:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Demonstrations":
-        """Load demonstrations saved by :meth:`save`."""
+        """Load demonstrations saved by :meth:`save` (``.npz`` is added to a path without it, as :meth:`save` does)."""
+        if not os.path.exists(path) and os.path.exists(os.fspath(path) + ".npz"):
+            path = os.fspath(path) + ".npz"
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No demonstrations file at {path} (nor {os.fspath(path)}.npz): check the path")
         if not zipfile.is_zipfile(path):
             raise ValueError(f"Cannot read demonstrations from {path}: not an .npz archive (corrupted or foreign file)")
         try:
@@ -130,6 +141,7 @@ def pretrain(
     learning_rate: float = 3e-4,
     seed: int | None = None,
     progress_bar: bool = False,
+    action_bounds: str = "warn",
 ) -> dict[str, float]:
     """Fit the policy's velocity field to demonstrations with the flow-matching loss (ALGORITHM.md §1).
 
@@ -149,9 +161,18 @@ def pretrain(
     :param learning_rate: Learning rate of the pretraining optimizer.
     :param seed: Seed of the minibatch order, flow times and noise (None: torch's global generator state).
     :param progress_bar: Show a progress bar over epochs.
+    :param action_bounds: What to do with demonstrated actions outside the action space's bounds (the flow learns
+        actions in [-1, 1], so they are clipped to the bounds): ``"warn"`` (clip, with a warning giving the fraction
+        clipped), ``"error"`` (raise a ValueError) or ``"clip"`` (clip silently).
     :return: ``dict(loss=..., initial_loss=..., gradient_steps=..., samples=..., episodes=...)``.
     """
     policy = _policy_of(model_or_policy)
+    check_positive_number("epochs", epochs, integer=True)
+    check_positive_number("batch_size", batch_size, integer=True)
+    check_positive_number("learning_rate", learning_rate)
+    if action_bounds not in ("warn", "error", "clip"):
+        raise ValueError(f"action_bounds must be 'warn', 'error' or 'clip', got {action_bounds!r}")
+    _check_action_width(policy, demos)
     device = policy.device
     generator = th.Generator(device="cpu")
     generator.manual_seed(int(seed) if seed is not None else int(th.randint(0, 2**31 - 1, (1,)).item()))
@@ -164,6 +185,7 @@ def pretrain(
     _check_observations(policy, observations)
     chunks, row_mask = build_chunks(demos, policy.executed_rows, policy.action_space.shape)
     targets = th.as_tensor(chunks, dtype=th.float32).reshape(len(demos), policy.executed_rows, policy.real_action_dim)
+    _check_action_bounds(policy, targets.numpy(), row_mask, action_bounds)
     targets = policy.to_normalised(targets.to(device)).clamp(-1.0, 1.0)
     row_mask_t = th.as_tensor(row_mask, device=device)
 
@@ -242,6 +264,41 @@ def _channel_first(array: np.ndarray, space: spaces.Space | None) -> np.ndarray:
     if tuple(array.shape[1:]) == tuple(space.shape) or tuple(array.shape[1:]) != (height, width, channels):
         return array
     return np.ascontiguousarray(np.moveaxis(array, -1, 1))
+
+
+def _check_action_width(policy: FlowPolicy, demos: Demonstrations) -> None:
+    """ValueError unless the demonstrated actions are ``(N, A)`` steps or ``(N, *action_space.shape)`` chunks."""
+    per_step = tuple(demos.actions.shape[1:])
+    shape = tuple(policy.action_space.shape)
+    if per_step == shape or int(np.prod(per_step, dtype=np.int64)) == policy.real_action_dim:
+        return
+    raise ValueError(
+        f"Demonstration actions have shape {per_step} per step, but the policy's action space {policy.action_space} "
+        f"needs {policy.real_action_dim} values per env step (shape ({policy.real_action_dim},)) or whole chunks of "
+        f"shape {shape}. Record the actions of the env the model acts in (same action wrappers)."
+    )
+
+
+def _check_action_bounds(policy: FlowPolicy, targets: np.ndarray, row_mask: np.ndarray, mode: str) -> None:
+    """Report demonstrated actions outside the action space's bounds (they are clipped to the bounds)."""
+    if mode == "clip":
+        return
+    low = policy._action_low.cpu().numpy()[None]
+    high = policy._action_high.cpu().numpy()[None]
+    valid = np.broadcast_to(row_mask[..., None], targets.shape)
+    fraction, excess = action_bounds_report(targets[valid], np.broadcast_to(low, targets.shape)[valid],
+                                            np.broadcast_to(high, targets.shape)[valid])  # fmt: skip
+    if fraction == 0.0:
+        return
+    message = (
+        f"pretrain: {fraction:.1%} of the demonstrated action values lie outside the action space's bounds (by up to "
+        f"{excess:.3g} times the range); the flow learns actions inside the bounds, so they are clipped. Check that the "
+        "demonstrations use the env's action units and wrappers (e.g. RescaleAction), clip them yourself, or pass "
+        "action_bounds='clip' to accept the clipping silently."
+    )
+    if mode == "error":
+        raise ValueError(message.replace("so they are clipped", "so they would be clipped"))
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _take(observations, index: np.ndarray):

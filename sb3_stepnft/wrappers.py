@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_stepnft.common.checks import success_flag
+
 
 class ActionChunk(gym.Wrapper):
     """Execute a chunk of ``size`` actions per step: Box(A) becomes Box(size, A).
@@ -43,9 +45,10 @@ class ActionChunk(gym.Wrapper):
             obs, reward, terminated, truncated, info = self.env.step(row)
             total_reward += float(reward)
             steps += 1
-            if "is_success" in info:
+            flag = success_flag(info)  # a string or a non-bool value is an error naming the key
+            if flag is not None:
                 success_seen = True
-                any_success = any_success or bool(info["is_success"])
+                any_success = any_success or flag
             if terminated or truncated:
                 break
         info = dict(info)
@@ -86,8 +89,12 @@ class SuccessInfo(gym.Wrapper):
                     "Pass the key the env uses, or success_fn=..."
                 )
             success = info[self.key]
+        name = self.key if self.success_fn is None else "success_fn(...)"
+        flag = success_flag({name: success}, key=name)  # strings and non-bool values are errors naming the key
+        if flag is None:
+            raise ValueError(f"SuccessInfo: {name} is None; it must be a bool (True/False)")
         info = dict(info)
-        info["is_success"] = bool(np.asarray(success).item())
+        info["is_success"] = flag
         return obs, reward, terminated, truncated, info
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sb3_stepnft.common.checks import check_success_consistency
+
 OUTCOMES = ("auto", "success", "return")
 RETURN_CLIP = 1.0  # c of the graded labels (§3.2)
 
@@ -81,6 +83,8 @@ class EpisodeOutcomes(EpisodeLabeller):
         self.algorithm = algorithm
 
     def on_episode_end(self, episode: FinishedEpisode, info: dict[str, Any]) -> None:
+        # outcome="auto" decided "return", then a success flag appears: raise rather than ignore it.
+        check_success_consistency(self.outcome, self.resolved, episode.success, info)
         if self.resolved is None:  # outcome="auto", decided by the first finished episode (§3.2)
             if episode.success is not None:
                 self.resolved = "success"

@@ -23,9 +23,10 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
+from sb3_stepnft.common.checks import check_divergence, check_finite_rewards, check_schedule, success_flag
 from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
-from sb3_stepnft.common.optim import RunningMeans, optimizer_step
-from sb3_stepnft.common.persistence import atomic_save, check_checkpoint
+from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer_step  # noqa: F401 (re-exported)
+from sb3_stepnft.common.persistence import load_checkpoint, save_checkpoint
 from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 from sb3_stepnft.common.records import FlowDecisions
 from sb3_stepnft.vla.policy import FlowVLAPolicy
@@ -104,6 +105,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     beyond it are discarded and counted in ``train/discarded_decisions``."""
     decision_type: ClassVar[type[FlowDecisions]] = FlowDecisions
     logged_stats: ClassVar[tuple[str, ...] | None] = None  # train/* keys of the loss stats (None: all)
+    divergence_keys: ClassVar[tuple[str, str]] = ("loss", "x_next")  # (loss stat, stored samples) the monitor watches
     _non_finite_hint: ClassVar[str] = "Lower learning_rate, check observations for NaN/inf (VecNormalize or VecCheckNan help)."
     _exploration_hint: ClassVar[str] = "Set `noise_level` (the noise of the Flow-SDE steps) instead."
 
@@ -146,6 +148,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         check_positive("max_grad_norm", max_grad_norm)
         if not callable(learning_rate):
             check_positive("learning_rate", learning_rate)
+        check_schedule("learning_rate", learning_rate)  # a schedule is validated like a constant
         super().__init__(
             policy,
             env,
@@ -177,6 +180,10 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------------------------------- model set-up
     def _setup_model(self) -> None:
+        # load(path, noise_level=...) (and checkpoints of 0.1.0) give the solver settings as attributes: they win.
+        for name, kind in (("num_denoise_steps", int), ("noise_level", float)):
+            if name in self.__dict__:
+                self.solver_settings[name] = kind(self.__dict__.pop(name))
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self._policy_kwargs())
@@ -335,7 +342,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         # Decisions of running episodes are not saved: a loaded model counts them as discarded (ALGORITHM.md §3.1).
         self.pending_decisions_at_save = self.rollout_buffer.n_pending + self.rollout_buffer.n_unfinished_steps
         try:
-            atomic_save(super().save, path, exclude=exclude, include=include)
+            save_checkpoint(self, super().save, path, exclude=exclude, include=include)
         finally:
             self.policy_kwargs = given
             del self._labeller_state, self.pending_decisions_at_save
@@ -345,12 +352,15 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         return state_dicts, [*torch_variables, "_torch_rng_state"]
 
     @classmethod
-    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True, **kwargs):
-        """SB3's ``load``, with a clear ``ValueError`` for corrupted, non-SB3 or foreign (non-flow) checkpoints."""
-        check_checkpoint(path, cls.__name__)
-        model = super().load(
-            path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
-            force_reset=force_reset, **kwargs,
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True,
+             trust_checkpoint=False, **kwargs):  # fmt: skip
+        """SB3's ``load``, without unpickling anything from the file (docs/safety.md), with a clear ``ValueError`` for
+        corrupted, non-SB3 or foreign checkpoints and invalid saved hyper-parameters. ``trust_checkpoint=True`` lets
+        SB3 unpickle the ``data`` member (needed for checkpoints saved before safe checkpoints): only for files you
+        trust, since unpickling runs any code they contain. Resume is exact (:meth:`_after_load`)."""
+        model = load_checkpoint(
+            cls, super().load, path, env=env, device=device, custom_objects=custom_objects,
+            print_system_info=print_system_info, force_reset=force_reset, trust_checkpoint=trust_checkpoint, **kwargs,
         )  # fmt: skip
         model._after_load()
         return model
@@ -506,6 +516,8 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
                     )
                     stats.add(step_stats)
             self._n_updates += self.n_epochs
+            loss_key, sample_key = self.divergence_keys
+            check_divergence(self, loss=stats.means().get(loss_key), samples=data[sample_key])
         self._after_update(data)
 
         for key, value in stats.means().items():
@@ -583,13 +595,14 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         return rewards
 
     def _track_episodes(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        check_finite_rewards(self._original_rewards(rewards))
         self._episode_return += self._original_rewards(rewards)
         for i, info in enumerate(infos):
-            if info.get("is_success", False):
+            if success_flag(info):
                 self._episode_success[i] = True
             if not dones[i]:
                 continue
-            has_flag = "is_success" in info
+            has_flag = success_flag(info) is not None
             episode_return = float(info["episode"]["r"]) if "episode" in info else float(self._episode_return[i])
             episode = FinishedEpisode(
                 int(self._episode_ids[i]),

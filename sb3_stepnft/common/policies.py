@@ -22,6 +22,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from sb3_stepnft.common.checks import check_action_bounds, check_observation_space, normalize_net_arch
 from sb3_stepnft.common.flow import FlowChain, FlowSolver, SamplingPlan
 
 DEFAULT_OPTIMIZER_KWARGS = dict(betas=(0.9, 0.95), eps=1e-5, weight_decay=0.01)  # ALGORITHM.md §3.7
@@ -104,6 +105,8 @@ class FlowPolicy(BasePolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         value_head: bool = False,
     ):
+        check_observation_space(observation_space)  # Tuple spaces rejected at construction, as SB3's PPO
+        net_arch = normalize_net_arch(net_arch)  # SB3's old [dict(pi=..., vf=...)] accepted with SB3's warning
         if optimizer_kwargs is None:
             optimizer_kwargs = dict(DEFAULT_OPTIMIZER_KWARGS) if optimizer_class is th.optim.AdamW else {}
         super().__init__(
@@ -130,6 +133,7 @@ class FlowPolicy(BasePolicy):
     def _setup_flow(self, action_space: spaces.Box, chunk_size, action_dim, num_denoise_steps, noise_level=0.2) -> None:
         """Chunk geometry, the solver (K and the noise level) and action bounds (shared by every flow policy)."""
         self.executed_rows, self.real_action_dim = chunk_shape(action_space)
+        check_action_bounds(action_space)  # finite bounds, and no dimension with low == high
         self.chunk_size = chunk_size or self.executed_rows
         self.action_dim = action_dim or self.real_action_dim
         if self.chunk_size < self.executed_rows or self.action_dim < self.real_action_dim:
@@ -209,6 +213,23 @@ class FlowPolicy(BasePolicy):
             )
         )
         return data
+
+    # ------------------------------------------------------------------------------------------- persistence
+    def save(self, path) -> None:
+        """Save the weights and a JSON-only description of the constructor parameters (atomically), readable by
+        :meth:`load` without unpickling anything (docs/safety.md)."""
+        from sb3_stepnft.common.persistence import save_policy
+
+        save_policy(self, path)
+
+    @classmethod
+    def load(cls, path, device: th.device | str = "auto", trust_checkpoint: bool = False):
+        """Load a policy saved by :meth:`save`; nothing from the file is unpickled. Files written by SB3's
+        ``BasePolicy.save`` (earlier versions) hold pickled objects: they need ``trust_checkpoint=True``, which
+        unpickles them and so runs any code they contain -- only for files you trust."""
+        from sb3_stepnft.common.persistence import load_policy
+
+        return load_policy(cls, path, device=device, trust_checkpoint=trust_checkpoint)
 
     # ------------------------------------------------------------------------------------------ flow interface
     @property

@@ -9,6 +9,7 @@ import torch as th
 from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import FloatSchedule
 
+from sb3_stepnft.common.checks import check_noise_level, check_schedule
 from sb3_stepnft.common.on_policy import FlowOnPolicyAlgorithm, check_positive, resolve_solver_settings
 from sb3_stepnft.common.records import PolicyGradientDecisions
 from sb3_stepnft.common.surrogate import DUAL_CLIP, chunk_log_prob, clipped_surrogate_loss
@@ -18,6 +19,7 @@ def check_schedule_or_positive(name: str, value) -> None:
     """A positive number or a schedule (a callable of the remaining progress)."""
     if not callable(value):
         check_positive(name, value)
+    check_schedule(name, value)  # a schedule is validated like a constant
 
 
 class FlowPolicyGradient(FlowOnPolicyAlgorithm):
@@ -36,6 +38,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
     """
 
     decision_type = PolicyGradientDecisions
+    divergence_keys = ("policy_loss", "x_next")  # what the divergence monitor watches (reliability checks)
     _non_finite_hint = (
         "The policy produced non-finite velocities or log-likelihoods. Lower learning_rate, check observations for "
         "NaN/inf (VecNormalize or VecCheckNan help), or raise noise_level."
@@ -48,6 +51,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
             self.solver_defaults(), type(self).__name__,
         )  # fmt: skip
         check_positive("noise_level", solver["noise_level"])
+        check_noise_level(solver["noise_level"], stochastic=True, algorithm=type(self).__name__)
         check_schedule_or_positive("clip_range", clip_range)
         if dual_clip is not None and not (isinstance(dual_clip, (int, float)) and dual_clip > 1.0):
             raise ValueError(f"dual_clip must be a number > 1 (πRL: 3.0) or None, got {dual_clip!r}")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_stepnft.common.checks import check_group_outcomes
 from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
 from sb3_stepnft.wrappers import GroupSeed
 
@@ -107,6 +108,7 @@ class GroupRelative(EpisodeLabeller):
     def label(self, finished: list[FinishedEpisode]) -> dict[int, float | None]:
         labels: dict[int, float | None] = {}
         for members in complete_rounds(finished, self.group_size):
+            check_group_outcomes(members)  # never mix success scores and raw returns in one group
             scores = np.array([episode_score(ep) for ep in members])
             # The range is meant for success scores; with return scores it is applied as it is (ours).
             if self.filter_groups and not self.filter_range[0] <= scores.mean() <= self.filter_range[1]:

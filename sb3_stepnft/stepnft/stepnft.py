@@ -7,6 +7,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 
+from sb3_stepnft.common.checks import check_noise_level
 from sb3_stepnft.common.ema import EMA_HORIZON_RATIO, EMAWeights, check_ema_decay, ema_decay_at
 from sb3_stepnft.common.labels import OUTCOMES, EpisodeOutcomes, MissingSuccessSignalError
 from sb3_stepnft.common.on_policy import FlowOnPolicyAlgorithm, check_positive, resolve_solver_settings
@@ -125,6 +126,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
             and 0 <= step_selection <= k_max
         ):
             raise ValueError(f"step_selection must be 'random' or an int in [0, {k_max}], got {step_selection!r}")
+        check_noise_level(solver["noise_level"], stochastic=sampler == "sde", algorithm="StepNFT")
         check_positive("trust_region", trust_region)
         if max_drift is not None:
             check_positive("max_drift", max_drift)
@@ -176,6 +178,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         )
 
     decision_type = StepNFTDecisions
+    divergence_keys = ("loss", "x_final")  # the mean loss and the raw rollout samples (reliability checks)
     logged_stats = ("loss", "policy_loss", "kl", "logit_mean", "drift_clip_fraction", "positive_fraction")
     _non_finite_hint = (
         "The policy produced non-finite velocities. Lower learning_rate, check observations for NaN/inf (VecNormalize "
