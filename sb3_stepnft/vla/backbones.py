@@ -201,7 +201,7 @@ class BackboneAdapter:
             position_ids=positions,
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # renamed in transformers 5.x
         kv = th.stack([th.stack([layer.keys, layer.values], dim=1) for layer in cache.layers], dim=1)
         return out.last_hidden_state, kv, valid_mask
 
