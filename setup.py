@@ -34,11 +34,28 @@ setup(
         "rich>=13",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "pyyaml>=5.4",  # the command line's --hyperparams files (RL Zoo style)
     ],
     extras_require=extras,
+    entry_points={"console_scripts": ["sb3-stepnft = sb3_stepnft.cli:main"]},
+    author="sb3-stepnft developers",
     license="MIT",
+    license_files=["LICENSE"],
+    keywords=[
+        "reinforcement-learning", "stable-baselines3", "flow-matching", "robotics", "vision-language-action",
+        "fine-tuning", "pytorch", "gymnasium", "maniskill", "libero",
+    ],  # fmt: skip
     classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Software Development :: Libraries :: Python Modules",
     ],
 )

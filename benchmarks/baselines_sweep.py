@@ -4,7 +4,7 @@ For each setting: PointReach, 8 envs (FlowGRPO: one group of 8 from ``make_group
 ``pretrain(model, demos, seed=s)`` on 40 imperfect demonstrations, then ``learn(--steps)``; success of the policy
 (Euler ODE from random x_0, ``deterministic=False``) over --n-eval seeded episodes, before and after, per seed.
 
-    python benchmarks/baselines_sweep.py --steps 30000    # writes benchmarks/results/baselines_sweep_30k.md
+    python benchmarks/baselines_sweep.py --steps 30000    # writes runs/baselines_sweep/baselines_sweep_30k.md
 
 The defaults were chosen at 30k env steps: at 100k (``--steps 100000``, the default; writes ``..._100k.md``) the
 defaults already reach a success of about 1.0 (benchmarks/results/compare.md), so the budget no longer separates
@@ -80,7 +80,11 @@ def main():
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only-defaults", action="store_true", help="run the defaults only")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "baselines_sweep"),
+        help="output folder (default runs/baselines_sweep/; --out benchmarks/results: the tracked results)",
+    )
     args = parser.parse_args()
     jobs = [
         (algo, v, s, args.steps, args.n_eval)

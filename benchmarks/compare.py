@@ -8,8 +8,9 @@ decisions per iteration and stops at the same budget. Success is measured with `
 (``deterministic=False``, seeded) every --eval-every env steps, at the start of a rollout (after the previous
 update) and once more after the last update.
 
-    python benchmarks/compare.py                   # full run: benchmarks/results/compare.{csv,md,png}
-    python benchmarks/compare.py --quick           # a few minutes on 2 cores: benchmarks/results/compare_quick.*
+    python benchmarks/compare.py                   # full run: runs/compare/compare.{csv,md,png}
+    python benchmarks/compare.py --quick           # a few minutes on 2 cores: runs/compare/compare_quick.*
+    python benchmarks/compare.py --out benchmarks/results     # rewrite the tracked benchmarks/results/compare.*
     python benchmarks/compare.py --algos sb3_stepnft.StepNFT stable_baselines3.PPO --seeds 0 1
 """
 
@@ -32,7 +33,7 @@ DEFAULT_ALGOS = [
     "stable_baselines3.PPO",
     "sb3_contrib.TRPO",
 ]
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join("runs", "compare")  # git-ignored; --out benchmarks/results rewrites the tracked results
 N_ENVS = 8
 N_STEPS = 128  # env steps per env per iteration, for every algorithm (the flow algorithms' default)
 
@@ -215,14 +216,16 @@ def main():
     parser.add_argument("--n-eval", type=int, default=None, help="episodes per evaluation (default 200; --quick: 50)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small run that finishes in a few minutes on 2 cores")
-    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/compare[_quick])")
+    parser.add_argument("--out", default=None, help="output folder, or a file prefix (default runs/compare/compare[_quick])")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
     args.steps = args.steps or (20_000 if quick else 100_000)
     args.eval_every = args.eval_every or (5_000 if quick else 10_000)
     args.n_eval = args.n_eval or (50 if quick else 200)
-    out = args.out or os.path.join(RESULTS, "compare_quick" if quick else "compare")
+    out = args.out or RESULTS
+    if os.path.isdir(out) or out.endswith(os.sep) or out == RESULTS:  # a folder: the default file names in it
+        out = os.path.join(out, "compare_quick" if quick else "compare")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
 

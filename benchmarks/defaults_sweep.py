@@ -4,7 +4,7 @@ For each setting: PointReach, 8 envs, ``pretrain(model, demos, seed=s)`` on 40 i
 ``learn(--steps)``; success of the student (ODE from random x_0, ``deterministic=False``) over --n-eval
 seeded episodes, before and after, averaged over --seeds.
 
-    python benchmarks/defaults_sweep.py                  # writes benchmarks/results/defaults_sweep.md
+    python benchmarks/defaults_sweep.py                  # writes runs/defaults_sweep/defaults_sweep.md
 """
 
 import argparse
@@ -70,7 +70,11 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretrain epochs (default: pretrain's)")
     parser.add_argument("--pretrain-lr", type=float, default=None, help="pretrain learning rate (default: pretrain's)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "defaults_sweep"),
+        help="output folder (default runs/defaults_sweep/; --out benchmarks/results: the tracked results)",
+    )
     args = parser.parse_args()
     pretrain_kwargs = {}
     if args.pretrain_epochs is not None:

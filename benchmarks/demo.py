@@ -6,7 +6,8 @@ policy, Euler ODE from random x_0 (``deterministic=False``), seeded, 100 episode
     python benchmarks/demo.py                 # defaults: 1 seed, 100k env steps (a few minutes on 2 cores)
     python benchmarks/demo.py --seeds 0 1 2   # mean ± std over seeds
 
-Writes benchmarks/results/demo.md (table + command), demo.csv (curves) and demo.png (learning curves).
+Writes demo.md (table + command), demo.csv (curves) and demo.png (learning curves) to runs/demo/ (git-ignored);
+`--out benchmarks/results` rewrites the tracked results. One torch thread by default (--torch-threads).
 """
 
 import argparse
@@ -27,6 +28,7 @@ from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 
 from sb3_stepnft import StepNFT  # noqa: E402
+from sb3_stepnft.common.threads import configure_torch_threads  # noqa: E402
 from sb3_stepnft.envs import PointReachEnv, collect_demonstrations  # noqa: E402
 from sb3_stepnft.sft import pretrain  # noqa: E402
 
@@ -74,9 +76,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--n-eval", type=int, default=100)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "demo"),
+        help="output folder (default runs/demo/, git-ignored; --out benchmarks/results rewrites the tracked results)",
+    )
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads (default 1; 0: torch's default)")
     args = parser.parse_args()
-    th.set_num_threads(1)
+    configure_torch_threads(args.torch_threads)
 
     from rich.console import Console
     from rich.table import Table

@@ -11,8 +11,9 @@
     python benchmarks/demo_maniskill.py --seeds 0 1 2 --name demo_maniskill_3seeds    # mean ± std over seeds
 
 Needs the [maniskill] extra and Vulkan (`make install-sim`, or bash scripts/install_sim.sh venv). Writes
-benchmarks/results/<name>.md (table + command), <name>.csv (curves) and <name>.png (learning curve); the default name
-is demo_maniskill. The PointReach demo of earlier versions is `make demo-pointreach` (benchmarks/demo.py).
+<name>.md (table + command), <name>.csv (curves) and <name>.png (learning curve) to runs/<name>/ (git-ignored; the
+default name is demo_maniskill); `--out benchmarks/results` rewrites the tracked results. One torch thread by default.
+The PointReach demo of earlier versions is `make demo-pointreach` (benchmarks/demo.py).
 """
 
 import argparse
@@ -30,6 +31,7 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
 from sb3_stepnft import StepNFT  # noqa: E402
 from sb3_stepnft.common.evaluation import evaluate_success  # noqa: E402
+from sb3_stepnft.common.threads import configure_torch_threads  # noqa: E402
 from sb3_stepnft.envs import make_maniskill_env  # noqa: E402
 from sb3_stepnft.envs.maniskill_demos import (  # noqa: E402
     demo_action_bounds,
@@ -39,7 +41,6 @@ from sb3_stepnft.envs.maniskill_demos import (  # noqa: E402
 )
 from sb3_stepnft.sft import pretrain  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 EVAL_SEED = 10_000  # demonstrations use seeds from 0: evaluation never sees a demonstrated initial state
 
 
@@ -115,10 +116,16 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=4096, help="decisions between evaluations")
     parser.add_argument("--n-eval", type=int, default=100)
     parser.add_argument("--max-episode-steps", type=int, default=None, help="default: 1.5 x mean demo length")
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/<name>/, git-ignored; --out benchmarks/results rewrites the tracked results)",
+    )
     parser.add_argument("--name", default="demo_maniskill", help="base name of the result files in --out")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads (default 1; 0: torch's default)")
     args = parser.parse_args()
-    th.set_num_threads(1)
+    args.out = args.out or os.path.join("runs", args.name)
+    configure_torch_threads(args.torch_threads)
 
     from rich.console import Console
     from rich.table import Table

@@ -3,7 +3,7 @@
 PointReach, 40 imperfect demonstrations per seed (``collect_demonstrations(40, seed)``), success of the student
 (ODE from random x_0, ``deterministic=False``) over --n-eval seeded episodes, mean over --seeds.
 
-    python benchmarks/pretrain_sweep.py        # writes benchmarks/results/pretrain_sweep.md
+    python benchmarks/pretrain_sweep.py        # writes runs/pretrain_sweep/pretrain_sweep.md
 """
 
 import argparse
@@ -51,7 +51,11 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "pretrain_sweep"),
+        help="output folder (default runs/pretrain_sweep/; --out benchmarks/results: the tracked results)",
+    )
     args = parser.parse_args()
     jobs = [(s, seed, args.n_eval) for s in SETTINGS for seed in args.seeds]
     with mp.get_context("spawn").Pool(args.workers) as pool:

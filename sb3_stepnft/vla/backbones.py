@@ -19,6 +19,7 @@ Both experts carry π0's five heads, named as in π0 checkpoints: ``state_proj``
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any
 
@@ -200,7 +201,7 @@ class BackboneAdapter:
             position_ids=positions,
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # renamed in transformers 5.x
         kv = th.stack([th.stack([layer.keys, layer.values], dim=1) for layer in cache.layers], dim=1)
         return out.last_hidden_state, kv, valid_mask
 
@@ -315,8 +316,10 @@ class SharedAttentionExpert(ActionExpertBase):
         positions = prefix_valid.long().sum(dim=1, keepdim=True) + th.arange(n_suffix, device=suffix.device)[None]
         kv = feats.kv.to(suffix.dtype)
         cache = transformers.DynamicCache(ddp_cache_data=[(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])])
+        # transformers renamed `past_key_values` to `cache` (the old name is deprecated, removed in 5.40)
+        cache_kwarg = "cache" if "cache" in inspect.signature(self.gemma.forward).parameters else "past_key_values"
         out = self.gemma(
-            inputs_embeds=suffix, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            inputs_embeds=suffix, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
         )
         return self.action_out_proj(out.last_hidden_state[:, 1:]).float()
 
