@@ -69,8 +69,8 @@ def test_pending_decisions_at_save_are_counted_as_discarded(tmp_path):
     model.learn(6)  # 3 steps per env into 4-step episodes: 6 decisions pending
     assert model.rollout_buffer.n_pending == 6
     model.save(tmp_path / "mid")
-    with pytest.warns(UserWarning, match="6 decisions"):
-        loaded = StepNFT.load(tmp_path / "mid", env=env())
+    loaded = StepNFT.load(tmp_path / "mid", env=env())  # loading to evaluate says nothing
     assert loaded.discarded_decisions == model.discarded_decisions + 6
-    loaded.learn(6, reset_num_timesteps=False)
+    with pytest.warns(UserWarning, match="6 decisions"):  # resuming training says what was lost
+        loaded.learn(6, reset_num_timesteps=False)
     assert loaded.logger.name_to_value["train/discarded_decisions"] >= 6

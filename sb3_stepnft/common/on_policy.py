@@ -275,6 +275,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "labeller",
             "_labelled_in_learn",
             "_iterations_without_label",
+            "_lost_at_load",
         ]
 
     # ------------------------------------------------------------------------------------------------ learning
@@ -286,6 +287,14 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
+        lost = self.__dict__.pop("_lost_at_load", 0)
+        if lost and not reset_num_timesteps:
+            warnings.warn(
+                f"{type(self).__name__}: {lost} decisions of episodes that were running when the model was saved are not "
+                "part of a checkpoint; they are counted in train/discarded_decisions. Save at the end of a learn() call "
+                "whose episodes have finished to lose none.",
+                stacklevel=3,
+            )
         if self._env_will_reset(reset_num_timesteps) or self._episode_ids is None or len(self._episode_ids) != self.n_envs:
             # The env is about to be reset from outside: running episodes will never end, so their
             # decisions can never be labelled (ALGORITHM.md §3.1 "SB3 mapping", item 4).
@@ -372,12 +381,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         lost = int(self.__dict__.pop("pending_decisions_at_save", 0) or 0)
         if lost:
             self.discarded_decisions += lost
-            warnings.warn(
-                f"{type(self).__name__}.load: {lost} decisions of episodes that were running when the model was saved "
-                "are not part of a checkpoint; they are counted in train/discarded_decisions. Save at the end of a "
-                "learn() call whose episodes have finished to lose none.",
-                stacklevel=3,
-            )
+            self._lost_at_load = lost  # said when training resumes (a model loaded to evaluate is not warned)
 
     # ------------------------------------------------------------------------------------------------- hooks
     def _on_rollout_start(self) -> None:
