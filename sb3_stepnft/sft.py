@@ -13,7 +13,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_stepnft.common.flow import flow_matching_interpolate, sample_flow_times
 from sb3_stepnft.common.optim import optimizer_step
-from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, FlowPolicy
+from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, BaseFlowPolicy
 
 _OBS_PREFIX = "observations/"
 
@@ -114,9 +114,9 @@ def build_chunks(demos: Demonstrations, rows: int, action_shape: tuple[int, ...]
     return chunks, mask
 
 
-def _policy_of(model_or_policy) -> FlowPolicy:
+def _policy_of(model_or_policy) -> BaseFlowPolicy:
     policy = model_or_policy.policy if isinstance(model_or_policy, BaseAlgorithm) else model_or_policy
-    if not isinstance(policy, FlowPolicy):
+    if not isinstance(policy, BaseFlowPolicy):
         raise TypeError(f"pretrain needs a flow policy or an algorithm with one, got {type(policy).__name__}")
     return policy
 
@@ -250,7 +250,7 @@ def _take(observations, index: np.ndarray):
     return observations[index]
 
 
-def _check_observations(policy: FlowPolicy, observations) -> None:
+def _check_observations(policy: BaseFlowPolicy, observations) -> None:
     space = policy.observation_space
     if hasattr(space, "spaces") and isinstance(space.spaces, dict):
         if not isinstance(observations, dict):

@@ -21,7 +21,8 @@ from sb3_stepnft import FlowGRPO, FlowPPO, StepNFT  # noqa: E402
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env  # noqa: E402
 from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
 from sb3_stepnft.sft import pretrain  # noqa: E402
-from sb3_stepnft.vla import map_pi0_state_dict, pi0_policy_kwargs, tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
+from sb3_stepnft.vla import map_pi0_state_dict, pi0_policy_kwargs  # noqa: E402
+from sb3_stepnft.vla.testing import tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
 
 MAX_LENGTH = 32
 
