@@ -22,7 +22,8 @@ from sb3_stepnft import StepNFT
 from sb3_stepnft.common.evaluation import evaluate_success
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env
 from sb3_stepnft.sft import pretrain
-from sb3_stepnft.vla import FlowVLAPolicy, tiny_paligemma_config
+from sb3_stepnft.vla import FlowVLAPolicy
+from sb3_stepnft.vla.testing import tiny_paligemma_config
 
 MAX_LENGTH = 24
 IMAGE_SIZE = 16

@@ -18,7 +18,7 @@ from sb3_stepnft.common.evaluation import evaluate_success
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env
 from sb3_stepnft.policies import FlowVLAPolicy
 from sb3_stepnft.sft import pretrain
-from sb3_stepnft.vla import tiny_paligemma_config
+from sb3_stepnft.vla.testing import tiny_paligemma_config
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20_000)

@@ -15,7 +15,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from sb3_stepnft.common.checks import action_bounds_report, check_finite_observations, check_positive_number
 from sb3_stepnft.common.flow import flow_matching_interpolate, sample_flow_times
 from sb3_stepnft.common.optim import optimizer_step
-from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, FlowPolicy
+from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, BaseFlowPolicy
 
 _OBS_PREFIX = "observations/"
 
@@ -125,9 +125,9 @@ def build_chunks(demos: Demonstrations, rows: int, action_shape: tuple[int, ...]
     return chunks, mask
 
 
-def _policy_of(model_or_policy) -> FlowPolicy:
+def _policy_of(model_or_policy) -> BaseFlowPolicy:
     policy = model_or_policy.policy if isinstance(model_or_policy, BaseAlgorithm) else model_or_policy
-    if not isinstance(policy, FlowPolicy):
+    if not isinstance(policy, BaseFlowPolicy):
         raise TypeError(f"pretrain needs a flow policy or an algorithm with one, got {type(policy).__name__}")
     return policy
 
@@ -266,7 +266,7 @@ def _channel_first(array: np.ndarray, space: spaces.Space | None) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, -1, 1))
 
 
-def _check_action_width(policy: FlowPolicy, demos: Demonstrations) -> None:
+def _check_action_width(policy: BaseFlowPolicy, demos: Demonstrations) -> None:
     """ValueError unless the demonstrated actions are ``(N, A)`` steps or ``(N, *action_space.shape)`` chunks."""
     per_step = tuple(demos.actions.shape[1:])
     shape = tuple(policy.action_space.shape)
@@ -279,7 +279,7 @@ def _check_action_width(policy: FlowPolicy, demos: Demonstrations) -> None:
     )
 
 
-def _check_action_bounds(policy: FlowPolicy, targets: np.ndarray, row_mask: np.ndarray, mode: str) -> None:
+def _check_action_bounds(policy: BaseFlowPolicy, targets: np.ndarray, row_mask: np.ndarray, mode: str) -> None:
     """Report demonstrated actions outside the action space's bounds (they are clipped to the bounds)."""
     if mode == "clip":
         return
@@ -307,7 +307,7 @@ def _take(observations, index: np.ndarray):
     return observations[index]
 
 
-def _check_observations(policy: FlowPolicy, observations) -> None:
+def _check_observations(policy: BaseFlowPolicy, observations) -> None:
     space = policy.observation_space
     if hasattr(space, "spaces") and isinstance(space.spaces, dict):
         if not isinstance(observations, dict):

@@ -3,10 +3,12 @@
 Tiny VLMs are built from config classes; nothing touches the network (conftest sets HF_HUB_OFFLINE=1).
 """
 
+import ast
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +19,14 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv  # noqa: E402
 
+import sb3_stepnft  # noqa: E402
 from sb3_stepnft import FlowGRPO, FlowPPO, StepNFT  # noqa: E402
+from sb3_stepnft.common.policies import BaseFlowPolicy, FlowPolicy  # noqa: E402
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env  # noqa: E402
-from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
+from sb3_stepnft.policies import FlowVLAPolicy, MlpFlowPolicy  # noqa: E402
 from sb3_stepnft.sft import pretrain  # noqa: E402
-from sb3_stepnft.vla import map_pi0_state_dict, pi0_policy_kwargs, tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
+from sb3_stepnft.vla import VLAConfig, backbones, map_pi0_state_dict, pi0_config, pi0_policy_kwargs  # noqa: E402
+from sb3_stepnft.vla.testing import tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
 
 MAX_LENGTH = 32
 
@@ -101,6 +106,83 @@ def test_clear_errors(tokenizer):
         StepNFT("VLAPolicy", "Pendulum-v1", policy_kwargs=vla_kwargs())
     with pytest.raises(OSError, match="save_pretrained"):
         StepNFT("VLAPolicy", env, policy_kwargs=vla_kwargs(vlm="/nonexistent/vlm-dir"))
+
+
+# ------------------------------------------------------------------------------------------ policy structure
+def test_flow_policy_family_and_layering():
+    """FlowVLAPolicy and the MLP family are siblings under BaseFlowPolicy; common/ never imports vla/."""
+    assert issubclass(FlowVLAPolicy, BaseFlowPolicy) and not issubclass(FlowVLAPolicy, FlowPolicy)
+    assert issubclass(MlpFlowPolicy, FlowPolicy) and issubclass(FlowPolicy, BaseFlowPolicy)
+    for file in sorted(Path(sb3_stepnft.__file__).parent.joinpath("common").glob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        modules = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [m for m in modules if m.startswith("sb3_stepnft.vla")], f"{file.name} imports vla/"
+    assert not hasattr(sb3_stepnft.vla, "tiny_paligemma_config")  # test-only: sb3_stepnft.vla.testing
+
+
+@pytest.mark.parametrize("family", ["paligemma-shared", "paligemma-cross", "smolvlm-shared", "smolvlm-cross"])
+def test_feature_layout_is_derived_without_running_the_vlm(tokenizer, family, monkeypatch):
+    name, expert = family.split("-")
+    config = tiny_paligemma_config(16, 8) if name == "paligemma" else tiny_smolvlm_config(16, 4)
+    env = lang_env(tokenizer, n_envs=2, cameras=("agentview", "wrist"))
+    passes = []
+    encode = backbones.BackboneAdapter.encode
+    monkeypatch.setattr(backbones.BackboneAdapter, "encode", lambda self, *args: passes.append(1) or encode(self, *args))
+    policy = FlowVLAPolicy(env.observation_space, env.action_space, lambda _: 1e-4, vlm=config, expert=expert, expert_width=32)
+    assert passes == [] and policy.backbone_observations == 0  # building does not run the VLM
+    with th.no_grad():
+        feats = policy.encode({k: th.as_tensor(v) for k, v in env.reset().items()})
+    assert passes == [1]
+    fields = ("mask", "state", "pooled", "kv", "hidden")
+    actual = [(f, tuple(getattr(feats, f).shape[1:])) for f in fields if getattr(feats, f) is not None]
+    assert policy._layout == actual
+    assert policy.features_to_flat(feats).shape == (2, policy.feature_size)
+
+
+def test_vla_config_object_or_loose_keywords(tokenizer, tmp_path):
+    env = lang_env(tokenizer)
+    space, action_space, lr = env.observation_space, env.action_space, lambda _: 1e-4
+    config = VLAConfig(vlm=tiny_paligemma_config(16, 8), expert="cross", expert_width=32)
+    th.manual_seed(0)
+    from_config = FlowVLAPolicy(space, action_space, lr, config=config)
+    th.manual_seed(0)
+    from_keywords = FlowVLAPolicy(space, action_space, lr, **config.to_kwargs())
+    assert from_config.state_dict().keys() == from_keywords.state_dict().keys()
+    assert all(th.equal(v, from_keywords.state_dict()[k]) for k, v in from_config.state_dict().items())
+    resolved = from_config.config  # the values actually used, the VLM as its config
+    assert resolved.camera_keys == ("image",) and resolved.state_dim == from_config.state_dim == space["state"].shape[0]
+    assert resolved.chunk_size == 1 and resolved.action_dim == 2
+    assert isinstance(resolved.vlm, transformers.PretrainedConfig)
+    overridden = FlowVLAPolicy(space, action_space, lr, config=config, expert_width=16)  # loose fields win
+    assert overridden.expert_width == overridden.config.expert_width == 16
+    with pytest.raises(TypeError, match="expert_widht"):
+        FlowVLAPolicy(space, action_space, lr, config=config, expert_widht=16)
+    with pytest.raises(TypeError, match="config must be a VLAConfig"):
+        FlowVLAPolicy(space, action_space, lr, tiny_paligemma_config(16, 8))
+    with pytest.raises(ValueError, match="prefix_cache='buffer' needs freeze_vlm"):
+        VLAConfig(vlm=config.vlm, prefix_cache="buffer", freeze_vlm=False)
+    model = small(StepNFT, env, policy_kwargs=dict(config=config))
+    obs = one_obs(env)
+    model.save(tmp_path / "model.zip")
+    loaded = StepNFT.load(tmp_path / "model.zip", env=env)
+    assert loaded.policy.config.replace(vlm=None) == model.policy.config.replace(vlm=None)
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_vla_sample_takes_injected_noise_and_generator(tokenizer):
+    env = lang_env(tokenizer)
+    policy = FlowVLAPolicy(env.observation_space, env.action_space, lambda _: 1e-4, **vla_kwargs(chunk_size=3))
+    with th.no_grad():
+        feats = policy.encode({k: th.as_tensor(v) for k, v in env.reset().items()})
+        chains = [policy.sample(feats, "sde", generator=th.Generator().manual_seed(seed)) for seed in (3, 3, 4)]
+        th.testing.assert_close(chains[0].states, chains[1].states)
+        assert not th.allclose(chains[0].sample, chains[2].sample)
+        x_0 = th.randn(2, 3, 2)
+        th.testing.assert_close(policy.sample(feats, x_0=x_0).states[0], x_0)
+        th.testing.assert_close(policy.sample(feats, x_0=x_0).sample, policy.sample(feats, x_0=x_0.clone()).sample)
+        with pytest.raises(ValueError, match="x_0 must have shape"):
+            policy.sample(feats, x_0=th.zeros(2, 1, 2))
 
 
 # ------------------------------------------------------------------------------------------ what is trained
@@ -347,6 +429,10 @@ def test_pi0_checkpoint_loader(tokenizer, tmp_path, naming):
         8,
         48,
     )
+    config = pi0_config(tmp_path / "pi0", vlm_config=tiny_paligemma_config(16, 8), camera_keys=["image"])
+    assert (config.expert_width, config.action_dim, config.chunk_size, config.camera_keys) == (32, 4, 1, ("image",))
+    with_policy_args = pi0_policy_kwargs(tmp_path / "pi0", vlm_config=config.vlm, num_denoise_steps=4, state_key=None)
+    assert with_policy_args["num_denoise_steps"] == 4 and with_policy_args["state_key"] is None
     model = StepNFT(FlowVLAPolicy, env, policy_kwargs=kwargs, n_steps=8, batch_size=8, seed=1)
     model.policy.load_pi0(tmp_path / "pi0")
     for key, value in source.policy.state_dict().items():

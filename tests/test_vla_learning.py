@@ -18,7 +18,7 @@ from sb3_stepnft.common.evaluation import evaluate_success  # noqa: E402
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env  # noqa: E402
 from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
 from sb3_stepnft.sft import pretrain  # noqa: E402
-from sb3_stepnft.vla import tiny_paligemma_config  # noqa: E402
+from sb3_stepnft.vla.testing import tiny_paligemma_config  # noqa: E402
 
 EXPERT = "shared"
 

@@ -27,9 +27,8 @@ from sb3_stepnft.common.checks import check_divergence, check_finite_rewards, ch
 from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
 from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer_step  # noqa: F401 (re-exported)
 from sb3_stepnft.common.persistence import load_checkpoint, save_checkpoint
-from sb3_stepnft.common.policies import CnnFlowPolicy, FlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
+from sb3_stepnft.common.policies import BaseFlowPolicy, CnnFlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 from sb3_stepnft.common.records import FlowDecisions
-from sb3_stepnft.vla.policy import FlowVLAPolicy
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")
 
@@ -95,9 +94,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         "MlpPolicy": MlpFlowPolicy,
         "CnnPolicy": CnnFlowPolicy,
         "MultiInputPolicy": MultiInputFlowPolicy,
-        "VLAPolicy": FlowVLAPolicy,
+        # "VLAPolicy" is registered by sb3_stepnft/__init__.py (common/ does not import vla/)
     }
-    policy: FlowPolicy
+    policy: BaseFlowPolicy
     rollout_buffer: DecisionBuffer
     labeller: EpisodeLabeller
     max_pending_decisions: int | None = None
@@ -111,7 +110,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def __init__(
         self,
-        policy: str | type[FlowPolicy],
+        policy: str | type[BaseFlowPolicy],
         env: GymEnv | str | None,
         learning_rate: float | Schedule,
         n_steps: int,
@@ -188,13 +187,13 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self._policy_kwargs())
         self.policy = self.policy.to(self.device)
-        if not isinstance(self.policy, FlowPolicy):
+        if not isinstance(self.policy, BaseFlowPolicy):
             raise TypeError(f"{type(self).__name__} needs a flow policy (sb3_stepnft.policies), got {self.policy_class}")
         solver = (self.policy.solver.num_denoise_steps, self.policy.solver.noise_level)
         if solver != (self.solver_settings["num_denoise_steps"], self.solver_settings["noise_level"]):
             raise ValueError(
                 f"{self.policy_class.__name__} built a solver with (num_denoise_steps, noise_level) = {solver}, not the "
-                f"{self.solver_settings} it was given: pass both arguments on to FlowPolicy._setup_flow."
+                f"{self.solver_settings} it was given: pass both arguments on to BaseFlowPolicy._setup_flow."
             )
         self.rollout_buffer = DecisionBuffer(self.observation_space, self.n_envs, self.device)
         # A frozen encoder's features (the VLA prefix) may be stored with the decisions, so the update runs only

@@ -869,9 +869,9 @@ def load_checkpoint(
     else:  # every serialized entry is replaced: json_to_data unpickles nothing
         data = json_to_data(info.data_json, custom_objects=objects)
     if "policy_class" in data and not isinstance(data["policy_class"], dict):
-        from sb3_stepnft.common.policies import FlowPolicy
+        from sb3_stepnft.common.policies import BaseFlowPolicy
 
-        if not (inspect.isclass(data["policy_class"]) and issubclass(data["policy_class"], FlowPolicy)):
+        if not (inspect.isclass(data["policy_class"]) and issubclass(data["policy_class"], BaseFlowPolicy)):
             raise CheckpointError(f"{info.target} names the policy class {data['policy_class']!r}, which is not a flow policy")
     validate_hyperparameters(cls, data, kwargs, info.target)
     if isinstance(info.target, io.IOBase):

@@ -23,6 +23,7 @@ import torch as th
 from gymnasium import spaces
 
 from sb3_stepnft.vla import backbones
+from sb3_stepnft.vla.config import VLAConfig
 
 _P = r"^(?:model\.)?paligemma_with_expert\."
 PI0_KEY_MAP: list[tuple[str, str]] = [
@@ -146,12 +147,12 @@ def _weights_file(path: str | os.PathLike) -> str:
     return file
 
 
-def pi0_policy_kwargs(path: str | os.PathLike, vlm_config=None, **overrides) -> dict[str, Any]:
-    """:class:`FlowVLAPolicy` keyword arguments with the architecture of a π0 checkpoint (read from its config and
-    tensor shapes, without loading the weights), for ``StepNFT(FlowVLAPolicy, env, policy_kwargs=...)``.
+def pi0_config(path: str | os.PathLike, vlm_config=None, **overrides) -> VLAConfig:
+    """The :class:`~sb3_stepnft.vla.config.VLAConfig` of a π0 checkpoint: its architecture, read from its config and
+    tensor shapes without loading the weights.
 
     :param vlm_config: The backbone config (default: π0's PaliGemma, :func:`pi0_paligemma_config`).
-    :param overrides: Other :class:`FlowVLAPolicy` arguments (``camera_keys``, ``num_denoise_steps``, ...).
+    :param overrides: Other :class:`VLAConfig` fields (``camera_keys``, ``state_key``, ``prefix_cache``, ...).
     """
     from safetensors import safe_open
 
@@ -178,7 +179,7 @@ def pi0_policy_kwargs(path: str | os.PathLike, vlm_config=None, **overrides) -> 
     if "expert.action_in_proj.weight" not in shapes or "expert.state_proj.weight" not in shapes:
         raise ValueError(f"{path} has no π0 action expert heads (action_in_proj, state_proj): not a π0 checkpoint")
     width, action_dim = shapes["expert.action_in_proj.weight"]
-    kwargs: dict[str, Any] = dict(
+    fields: dict[str, Any] = dict(
         vlm=vlm_config if vlm_config is not None else pi0_paligemma_config(),
         expert="shared",
         expert_width=int(width),
@@ -187,8 +188,21 @@ def pi0_policy_kwargs(path: str | os.PathLike, vlm_config=None, **overrides) -> 
         state_dim=int(config.get("max_state_dim", shapes["expert.state_proj.weight"][1])),
         chunk_size=int(config.get("chunk_size", 50)),
     )
-    kwargs.update(overrides)
-    return kwargs
+    fields.update(overrides)
+    return VLAConfig.merge(**fields)
+
+
+def pi0_policy_kwargs(path: str | os.PathLike, vlm_config=None, **overrides) -> dict[str, Any]:
+    """:class:`FlowVLAPolicy` keyword arguments with the architecture of a π0 checkpoint (:func:`pi0_config`,
+    expanded into its fields), for ``StepNFT(FlowVLAPolicy, env, policy_kwargs=...)``.
+
+    :param vlm_config: The backbone config (default: π0's PaliGemma, :func:`pi0_paligemma_config`).
+    :param overrides: :class:`VLAConfig` fields (``camera_keys``, ...) and other :class:`FlowVLAPolicy` arguments
+        (``num_denoise_steps``, ``value_head``, ...).
+    """
+    config_fields = {k: v for k, v in overrides.items() if k in VLAConfig.field_names()}
+    policy_fields = {k: v for k, v in overrides.items() if k not in config_fields}
+    return {**pi0_config(path, vlm_config, **config_fields).to_kwargs(), **policy_fields}
 
 
 def load_pi0_into(policy, path: str | os.PathLike) -> None:

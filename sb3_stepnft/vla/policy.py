@@ -1,6 +1,6 @@
 """``FlowVLAPolicy``: a frozen ``transformers`` vision-language backbone and a trainable flow action expert.
 
-The policy has the interface of every flow policy (:class:`~sb3_stepnft.common.policies.FlowPolicy`): ``encode``
+The policy has the interface of every flow policy (:class:`~sb3_stepnft.common.policies.BaseFlowPolicy`): ``encode``
 runs the frozen VLM once per observation (under ``no_grad``) and returns :class:`VLAFeatures`; ``velocity`` is one
 pass of the action expert; ``sample`` reuses the features for all K solver steps. Because the backbone is frozen,
 the algorithms may store the features in their buffer and skip the backbone at update time (``prefix_cache``,
@@ -18,15 +18,14 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_stepnft.common.policies import DEFAULT_OPTIMIZER_KWARGS, FlowPolicy
-from sb3_stepnft.vla import backbones
+from sb3_stepnft.common.policies import BaseFlowPolicy
+from sb3_stepnft.vla import backbones, experts
+from sb3_stepnft.vla.config import EXPERTS, PREFIX_CACHE_MODES, VLAConfig
 
-PREFIX_CACHE_MODES = ("auto", "buffer", "recompute")
-EXPERTS = ("shared", "cross")
+__all__ = ["EXPERTS", "PREFIX_CACHE_MODES", "FlowVLAPolicy", "VLAConfig", "VLAFeatures"]
 
 
 @dataclass
@@ -48,8 +47,13 @@ class VLAFeatures:
         return self.mask.shape[0]
 
 
-class FlowVLAPolicy(FlowPolicy):
-    """π0-style vision-language-action flow policy (alias ``"VLAPolicy"``).
+def _config_field(name: str) -> property:
+    return property(lambda self: getattr(self.config, name), doc=f"``config.{name}`` (see :class:`VLAConfig`).")
+
+
+class FlowVLAPolicy(BaseFlowPolicy):
+    """π0-style vision-language-action flow policy (alias ``"VLAPolicy"``); a sibling of the MLP-family
+    :class:`~sb3_stepnft.common.policies.FlowPolicy` under :class:`~sb3_stepnft.common.policies.BaseFlowPolicy`.
 
     Observations are a Dict with one or more camera images (``Box`` uint8, channel-first or -last), an optional
     proprio ``state`` vector, and the instruction as token ids plus a mask (``instruction_ids``: ``Box(int64)``,
@@ -58,143 +62,122 @@ class FlowVLAPolicy(FlowPolicy):
     :param observation_space: Dict observation space.
     :param action_space: Box(A) or Box(H_exec, A) action space with finite bounds.
     :param lr_schedule: Learning-rate schedule.
-    :param vlm: The backbone: a Hub id or local directory (``AutoModelForImageTextToText.from_pretrained``), a
-        ``transformers`` config (``from_config``, random weights) or an ``nn.Module``. Families: PaliGemma (π0) and
-        SmolVLM / Idefics3.
-    :param expert: ``"shared"`` (π0: the expert's tokens attend to the VLM's per-layer keys/values) or ``"cross"``
-        (a small cross-attention decoder over the prefix hidden states).
-    :param expert_width: Width of the expert (default: half the VLM text width, as π0's 1024 vs 2048).
-    :param expert_intermediate_size: MLP size of the shared expert (default 4 × width).
-    :param expert_layers: Layers of the cross expert (the shared expert has the VLM's layer count).
-    :param expert_heads: Attention heads of the cross expert.
-    :param chunk_size: Rows the expert outputs (>= the executed rows of the action space).
-    :param action_dim: Action dims the expert outputs (>= the env's; extra dims are padding, 32 in π0).
-    :param state_dim: Padded proprio state size (default: the state's size; 32 in π0).
+    :param config: The architecture: backbone, expert, observation keys, prefix caching (:class:`VLAConfig`).
+    :param config_fields: :class:`VLAConfig` fields given as loose keywords (``vlm=..., expert_width=32``); they
+        override ``config``'s. After building, ``policy.config`` holds the resolved values (the VLM as its config,
+        the camera keys, widths and sizes actually used).
     :param num_denoise_steps: K, solver steps (rollouts, ``predict`` and the losses; the policy's solver owns it).
     :param noise_level: ``a`` of the Flow-SDE rollout steps (set by the algorithm's ``noise_level``).
-    :param camera_keys: Image keys fed to the VLM, in order (default: every image key, sorted).
-    :param state_key: Proprio state key (None: no state; the state token is then zero).
-    :param instruction_keys: ``(ids_key, mask_key)`` of the tokenised instruction (absent keys: no text).
-    :param prefix_cache: ``"buffer"`` (algorithms store the prefix features, the update runs only the expert),
-        ``"recompute"`` (they store observations and recompute the prefix under ``no_grad`` once per minibatch) or
-        ``"auto"`` (buffer when the features of one rollout fit in ``prefix_cache_budget`` bytes).
-    :param prefix_cache_budget: Byte budget of ``"auto"`` (default 2 GB).
-    :param freeze_vlm: Keep the VLM frozen and in eval mode (required for caching; the default).
-    :param vlm_dtype: dtype of the VLM (e.g. ``torch.bfloat16`` on a GPU); the expert stays float32.
-    :param net_arch: ``dict(vf=[...])``: hidden sizes of the optional value head (FlowPPO).
+    :param net_arch: ``dict(vf=[...])`` or a list: hidden sizes of the optional value head (FlowPPO).
     :param activation_fn: Activation of the value head.
     :param optimizer_class: Optimizer of the trainable parameters (expert, heads, critic).
     :param optimizer_kwargs: Its keyword arguments (default AdamW betas (0.9, 0.95), eps 1e-5, weight decay 0.01).
     :param value_head: Add a critic on the detached pooled prefix and state (FlowPPO switches it on).
+    :param normalize_images: Divide camera pixels by 255 before mapping them to [-1, 1].
     """
+
+    default_vf_arch = (256, 256)
+
+    expert_kind = _config_field("expert")
+    expert_width = _config_field("expert_width")
+    expert_intermediate_size = _config_field("expert_intermediate_size")
+    expert_layers = _config_field("expert_layers")
+    expert_heads = _config_field("expert_heads")
+    state_dim = _config_field("state_dim")
+    camera_keys = _config_field("camera_keys")
+    state_key = _config_field("state_key")
+    instruction_keys = _config_field("instruction_keys")
+    prefix_cache = _config_field("prefix_cache")
+    prefix_cache_budget = _config_field("prefix_cache_budget")
+    freeze_vlm = _config_field("freeze_vlm")
+    vlm_dtype = _config_field("vlm_dtype")
 
     def __init__(
         self,
         observation_space: spaces.Dict,
         action_space: spaces.Box,
         lr_schedule: Schedule,
-        vlm: Any = None,
-        expert: str = "shared",
-        expert_width: int | None = None,
-        expert_intermediate_size: int | None = None,
-        expert_layers: int = 2,
-        expert_heads: int = 2,
-        chunk_size: int | None = None,
-        action_dim: int | None = None,
-        state_dim: int | None = None,
+        config: VLAConfig | None = None,
+        *,
         num_denoise_steps: int = 4,
         noise_level: float = 0.2,
-        camera_keys: list[str] | tuple[str, ...] | None = None,
-        state_key: str | None = "state",
-        instruction_keys: tuple[str, str] = ("instruction_ids", "instruction_mask"),
-        prefix_cache: str = "auto",
-        prefix_cache_budget: float = 2e9,
-        freeze_vlm: bool = True,
-        vlm_dtype: th.dtype | None = None,
         net_arch: dict[str, list[int]] | list[int] | None = None,
         activation_fn: type[nn.Module] = nn.SiLU,
         optimizer_class: type[th.optim.Optimizer] = th.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         value_head: bool = False,
         normalize_images: bool = True,
+        **config_fields,
     ):
         backbones.import_transformers()  # ImportError naming the [vla] extra
-        if vlm is None:
+        config = VLAConfig.merge(config, **config_fields)
+        if config.vlm is None:
             raise ValueError(
                 "FlowVLAPolicy needs a backbone: policy_kwargs=dict(vlm=...) with a Hub id / local directory, a "
-                "transformers config (e.g. sb3_stepnft.vla.tiny_paligemma_config()) or a module."
+                "transformers config (e.g. sb3_stepnft.vla.testing.tiny_paligemma_config()) or a module."
             )
-        if expert not in EXPERTS:
-            raise ValueError(f"Unknown expert={expert!r}: use one of {EXPERTS}")
-        if prefix_cache not in PREFIX_CACHE_MODES:
-            raise ValueError(f"Unknown prefix_cache={prefix_cache!r}: use one of {PREFIX_CACHE_MODES}")
-        if prefix_cache == "buffer" and not freeze_vlm:
-            raise ValueError("prefix_cache='buffer' needs freeze_vlm=True: only a frozen backbone may be cached")
-        if optimizer_kwargs is None:
-            optimizer_kwargs = dict(DEFAULT_OPTIMIZER_KWARGS) if optimizer_class is th.optim.AdamW else {}
         if not isinstance(observation_space, spaces.Dict):
             raise TypeError(
                 f"FlowVLAPolicy needs Dict observations (cameras, state, instruction tokens), got {observation_space}. "
                 "Wrap the env with sb3_stepnft.wrappers.TokenizeInstruction (it also turns the observation into a Dict)."
             )
         # BasePolicy set-up without a features extractor: the VLM is the encoder.
-        super(FlowPolicy, self).__init__(
+        super().__init__(
             observation_space,
             action_space,
+            num_denoise_steps=num_denoise_steps,
+            noise_level=noise_level,
+            chunk_size=config.chunk_size,
+            action_dim=config.action_dim,
+            net_arch=net_arch if net_arch is not None else dict(vf=list(self.default_vf_arch)),
+            activation_fn=activation_fn,
+            value_head=value_head,
             normalize_images=normalize_images,
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
-            squash_output=False,
         )
-        self._setup_flow(action_space, chunk_size, action_dim, num_denoise_steps, noise_level)
-        self.net_arch = net_arch if net_arch is not None else dict(vf=[256, 256])
-        self.activation_fn = activation_fn
-        self.value_head = bool(value_head)
-        self.expert_kind = expert
-        self.expert_intermediate_size = expert_intermediate_size
-        self.expert_layers = int(expert_layers)
-        self.expert_heads = int(expert_heads)
-        self.prefix_cache = prefix_cache
-        self.prefix_cache_budget = float(prefix_cache_budget)
-        self.freeze_vlm = bool(freeze_vlm)
-        self.vlm_dtype = vlm_dtype
-        self._check_keys(observation_space, camera_keys, state_key, instruction_keys)
-
-        self.vlm = backbones.build_vlm(vlm, dtype=vlm_dtype)
-        if vlm_dtype is not None:
-            self.vlm.to(vlm_dtype)
-        self.backbone = backbones.make_backbone(self.vlm)
-        self._check_vocab()
-        if self.freeze_vlm:
-            self.vlm.requires_grad_(False)
-            self.vlm.eval()
-        self.state_dim = int(state_dim or self._state_size or 1)
-        if self._state_size and self.state_dim < self._state_size:
-            raise ValueError(f"state_dim={self.state_dim} is smaller than the observation's state ({self._state_size})")
-        self.expert_width = int(expert_width or max(8, self.backbone.hidden_size // 2))
-        if self.expert_width % 2:
-            raise ValueError(f"expert_width must be even (sine-cosine time embedding), got {self.expert_width}")
-        if expert == "shared":
-            self.expert = backbones.SharedAttentionExpert(
-                self.backbone.text_config, self.expert_width, self.action_dim, self.state_dim, expert_intermediate_size
-            )
-        else:
-            self.expert = backbones.CrossAttentionExpert(
-                self.backbone.hidden_size,
-                self.expert_width,
-                self.action_dim,
-                self.state_dim,
-                self.chunk_size,
-                layers=self.expert_layers,
-                heads=self.expert_heads,
-            )
-        self.features_dim = self.backbone.hidden_size + self.state_dim  # the critic's input
+        self.config = self._resolve_keys(
+            observation_space, config.replace(chunk_size=self.chunk_size, action_dim=self.action_dim)
+        )
         self.backbone_observations = 0  # observations the backbone has encoded (each costs one prefix pass)
         self.backbone_calls = 0
-        self.cache_features = False
+        self._build(lr_schedule)
+
+    def _build_networks(self) -> None:
+        """The VLM (frozen by default), its prefix-encoder adapter, the action expert and the feature layout."""
+        config = self.config
+        self.vlm = backbones.build_vlm(config.vlm, dtype=config.vlm_dtype)
+        if config.vlm_dtype is not None:
+            self.vlm.to(config.vlm_dtype)
+        self.backbone = backbones.make_backbone(self.vlm)
+        self._check_vocab()
+        if config.freeze_vlm:
+            self.vlm.requires_grad_(False)
+            self.vlm.eval()
+        state_dim = int(config.state_dim or self._state_size or 1)
+        if self._state_size and state_dim < self._state_size:
+            raise ValueError(f"state_dim={state_dim} is smaller than the observation's state ({self._state_size})")
+        expert_width = int(config.expert_width or max(8, self.backbone.hidden_size // 2))
+        if expert_width % 2:
+            raise ValueError(f"expert_width must be even (sine-cosine time embedding), got {expert_width}")
+        # the resolved architecture, with the VLM as its config (portable: rebuilt offline on load)
+        self.config = config = config.replace(vlm=self.vlm.config, state_dim=state_dim, expert_width=expert_width)
+        if config.expert == "shared":
+            self.expert = experts.SharedAttentionExpert(
+                self.backbone.text_config, expert_width, self.action_dim, state_dim, config.expert_intermediate_size
+            )
+        else:
+            self.expert = experts.CrossAttentionExpert(
+                self.backbone.hidden_size,
+                expert_width,
+                self.action_dim,
+                state_dim,
+                self.chunk_size,
+                layers=config.expert_layers,
+                heads=config.expert_heads,
+            )
+        self.features_dim = self.backbone.hidden_size + state_dim  # the critic's input
         self._layout = self._feature_layout()
-        self._build_extra_heads()
-        self.optimizer = self.optimizer_class(self._optimizer_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     @classmethod
     def from_pi0(cls, path, observation_space: spaces.Dict, action_space: spaces.Box, **kwargs) -> FlowVLAPolicy:
@@ -212,40 +195,39 @@ class FlowVLAPolicy(FlowPolicy):
         load_pi0_into(self, path)
 
     # ------------------------------------------------------------------------------------------------- set-up
-    def _check_keys(self, space: spaces.Dict, camera_keys, state_key, instruction_keys) -> None:
+    def _resolve_keys(self, space: spaces.Dict, config: VLAConfig) -> VLAConfig:
+        """Check the observation keys against the config; returns it with the camera and state keys resolved."""
         keys = set(space.spaces)
+        camera_keys = config.camera_keys
         if camera_keys is None:
-            camera_keys = sorted(k for k, s in space.spaces.items() if is_image_space(s, check_channels=False))
+            camera_keys = tuple(sorted(k for k, s in space.spaces.items() if is_image_space(s, check_channels=False)))
         missing = [k for k in camera_keys if k not in keys]
         if missing:
             raise KeyError(f"camera_keys {missing} are not in the observation space (keys: {sorted(keys)})")
         for key in camera_keys:
             if not is_image_space(space[key], check_channels=False):
                 raise ValueError(f"Observation key {key!r} is not an image (Box uint8 of 3 dims): {space[key]}")
-        self.camera_keys = tuple(camera_keys)
+        state_key = config.state_key
         if state_key is not None and state_key not in keys:
             if state_key != "state":
                 raise KeyError(f"state_key {state_key!r} is not in the observation space (keys: {sorted(keys)})")
             state_key = None
-        self.state_key = state_key
         self._state_size = int(np.prod(space[state_key].shape)) if state_key else 0
-        ids_key, mask_key = instruction_keys
-        self.instruction_keys = (ids_key, mask_key)
+        ids_key, mask_key = config.instruction_keys
         self.has_instruction = ids_key in keys
         if self.has_instruction and mask_key not in keys:
             raise KeyError(f"Observation has {ids_key!r} but no {mask_key!r}: use sb3_stepnft.wrappers.TokenizeInstruction")
         if self.has_instruction and not np.issubdtype(space[ids_key].dtype, np.integer):
             raise TypeError(f"{ids_key!r} must hold integer token ids (Box int64), got {space[ids_key]}")
-        if not self.camera_keys and not self.has_instruction:
+        if not camera_keys and not self.has_instruction:
             raise ValueError(
                 f"FlowVLAPolicy found neither camera images nor instruction tokens in the observation (keys: {sorted(keys)}). "
                 "Add image keys (Box uint8) and/or wrap the env with sb3_stepnft.wrappers.TokenizeInstruction; for "
                 "state-only tasks use MlpPolicy."
             )
-        unused = (
-            keys - set(self.camera_keys) - {self.state_key} - (set(self.instruction_keys) if self.has_instruction else set())
-        )
+        unused = keys - set(camera_keys) - {state_key} - ({ids_key, mask_key} if self.has_instruction else set())
         self.unused_keys = tuple(sorted(unused))
+        return config.replace(camera_keys=tuple(camera_keys), state_key=state_key)
 
     def _check_vocab(self) -> None:
         if not self.has_instruction:
@@ -257,28 +239,27 @@ class FlowVLAPolicy(FlowPolicy):
                 "tokenise with the VLM's own tokenizer (or give the test VLM a larger vocab_size)."
             )
 
+    @property
+    def prefix_length(self) -> int:
+        """Prefix tokens per observation: every camera's image tokens, then the instruction's (padded) tokens."""
+        text = int(self.observation_space[self.instruction_keys[0]].shape[-1]) if self.has_instruction else 0
+        return len(self.camera_keys) * self.backbone.tokens_per_image + text
+
     def _feature_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Field shapes of one observation's flat feature vector, found by encoding a blank observation."""
-        dummy = {}
-        for key, space in self.observation_space.spaces.items():
-            dummy[key] = th.as_tensor(np.zeros((1, *space.shape), dtype=space.dtype), device=self.device)
-        if self.has_instruction:
-            dummy[self.instruction_keys[1]][:] = 1
-        feats = self.encode(dummy)
-        self.backbone_observations, self.backbone_calls = 0, 0
-        names = [name for name in ("mask", "state", "pooled", "kv", "hidden") if getattr(feats, name) is not None]
-        return [(name, tuple(getattr(feats, name).shape[1:])) for name in names]
-
-    def _build(self, lr_schedule: Schedule) -> None:  # FlowPolicy's MLP velocity net is not used
-        raise NotImplementedError
-
-    def _build_extra_heads(self) -> None:
-        if self.value_head:
-            self.value_net = nn.Sequential(*create_mlp(self.features_dim, 1, self.vf_arch, self.activation_fn))
+        """Field shapes of one observation's flat feature vector (:class:`VLAFeatures`), derived from the configs
+        (no VLM pass; tests/test_vla.py checks it against a real ``encode``)."""
+        length, hidden = self.prefix_length, self.backbone.hidden_size
+        layout = [("mask", (length,)), ("state", (self.state_dim,)), ("pooled", (hidden,))]
+        if self.expert_kind == "shared":
+            layout.append(("kv", self.backbone.kv_shape(length)))
+        else:
+            layout.append(("hidden", (length, hidden)))
+        return layout
 
     @property
     def vf_arch(self) -> list[int]:
-        return list(self.net_arch.get("vf", [256, 256])) if isinstance(self.net_arch, dict) else list(self.net_arch)
+        """``net_arch["vf"]``, or ``net_arch`` itself when it is a list (the VLA has no MLP velocity net)."""
+        return super().vf_arch if isinstance(self.net_arch, dict) else list(self.net_arch)
 
     def train(self, mode: bool = True) -> FlowVLAPolicy:
         """Train mode for the expert only: a frozen VLM stays in eval mode (SB3's set_training_mode cannot flip it)."""
@@ -288,35 +269,9 @@ class FlowVLAPolicy(FlowPolicy):
         return self
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super(FlowPolicy, self)._get_constructor_parameters()
-        data.update(
-            dict(
-                vlm=self.vlm.config,  # rebuilt from its config on load; the weights come from the state dict
-                expert=self.expert_kind,
-                expert_width=self.expert_width,
-                expert_intermediate_size=self.expert_intermediate_size,
-                expert_layers=self.expert_layers,
-                expert_heads=self.expert_heads,
-                chunk_size=self.chunk_size,
-                action_dim=self.action_dim,
-                state_dim=self.state_dim,
-                num_denoise_steps=self.num_denoise_steps,
-                noise_level=self.noise_level,
-                camera_keys=self.camera_keys,
-                state_key=self.state_key,
-                instruction_keys=self.instruction_keys,
-                prefix_cache=self.prefix_cache,
-                prefix_cache_budget=self.prefix_cache_budget,
-                freeze_vlm=self.freeze_vlm,
-                vlm_dtype=self.vlm_dtype,
-                net_arch=self.net_arch,
-                activation_fn=self.activation_fn,
-                optimizer_class=self.optimizer_class,
-                optimizer_kwargs=self.optimizer_kwargs,
-                value_head=self.value_head,
-                lr_schedule=self._dummy_schedule,
-            )
-        )
+        data = super()._get_constructor_parameters()
+        del data["chunk_size"], data["action_dim"]  # in the config
+        data["config"] = self.config  # resolved; the VLM as its config, the weights come from the state dict
         return data
 
     def portable_policy_kwargs(self, policy_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -390,6 +345,13 @@ class FlowVLAPolicy(FlowPolicy):
 
     def features_to_flat(self, feats: VLAFeatures) -> th.Tensor:
         """``(B, feature_size)`` float32 rows, to store in a buffer."""
+        for name, shape in self._layout:
+            if tuple(getattr(feats, name).shape[1:]) != shape:
+                raise RuntimeError(
+                    f"VLA feature {name!r} has shape {tuple(getattr(feats, name).shape[1:])}, the layout derived from the "
+                    f"configs expects {shape}: the backbone adapter's tokens_per_image does not match this VLM "
+                    "(report it with the model id; prefix_cache='recompute' avoids the flat layout meanwhile)."
+                )
         return th.cat([getattr(feats, name).reshape(len(feats), -1).float() for name, _ in self._layout], dim=1)
 
     def features_from_flat(self, flat: th.Tensor) -> VLAFeatures:
@@ -409,7 +371,6 @@ class FlowVLAPolicy(FlowPolicy):
             t = t.expand(x_t.shape[0])
         return self.expert(x_t.float(), t, features)
 
-    def value_from_features(self, features: VLAFeatures) -> th.Tensor:
-        if not self.value_head:
-            return super().value_from_features(features)
-        return self.value_net(th.cat([features.pooled, features.state], dim=1).detach().float())
+    def value_input(self, features: VLAFeatures) -> th.Tensor:
+        """The critic's input: the pooled prefix and the padded state."""
+        return th.cat([features.pooled, features.state], dim=1)

@@ -1,0 +1,105 @@
+"""``VLAConfig``: the architecture and data layout of a :class:`~sb3_stepnft.vla.policy.FlowVLAPolicy`.
+
+One dataclass instead of two dozen loose constructor arguments. Pass it as ``policy_kwargs=dict(config=VLAConfig(...))``
+or give its fields as loose keywords (``policy_kwargs=dict(vlm=..., expert_width=32)``); loose fields override the
+config's. What every flow policy shares (``num_denoise_steps``, ``noise_level``, ``value_head``, ``net_arch``,
+the optimizer) stays a policy keyword, because the algorithms set those. Importing this module does not import
+``transformers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch as th
+
+PREFIX_CACHE_MODES = ("auto", "buffer", "recompute")
+EXPERTS = ("shared", "cross")
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """Backbone, action expert, observation keys and prefix caching of a :class:`FlowVLAPolicy`.
+
+    :param vlm: The backbone: a Hub id or local directory (``AutoModelForImageTextToText.from_pretrained``), a
+        ``transformers`` config (``from_config``, random weights) or an ``nn.Module``. Families: PaliGemma (π0) and
+        SmolVLM / Idefics3.
+    :param expert: ``"shared"`` (π0: the expert's tokens attend to the VLM's per-layer keys/values) or ``"cross"``
+        (a small cross-attention decoder over the prefix hidden states).
+    :param expert_width: Width of the expert (default: half the VLM text width, as π0's 1024 vs 2048).
+    :param expert_intermediate_size: MLP size of the shared expert (default 4 × width).
+    :param expert_layers: Layers of the cross expert (the shared expert has the VLM's layer count).
+    :param expert_heads: Attention heads of the cross expert.
+    :param chunk_size: Rows the expert outputs (>= the executed rows of the action space; None: those rows).
+    :param action_dim: Action dims the expert outputs (>= the env's; extra dims are padding, 32 in π0).
+    :param state_dim: Padded proprio state size (default: the state's size; 32 in π0).
+    :param camera_keys: Image keys fed to the VLM, in order (default: every image key, sorted).
+    :param state_key: Proprio state key (None: no state; the state token is then zero). The default ``"state"`` is
+        dropped silently when the observation has no such key.
+    :param instruction_keys: ``(ids_key, mask_key)`` of the tokenised instruction (absent keys: no text).
+    :param prefix_cache: ``"buffer"`` (algorithms store the prefix features, the update runs only the expert),
+        ``"recompute"`` (they store observations and recompute the prefix under ``no_grad`` once per minibatch) or
+        ``"auto"`` (buffer when the features of one rollout fit in ``prefix_cache_budget`` bytes).
+    :param prefix_cache_budget: Byte budget of ``"auto"`` (default 2 GB).
+    :param freeze_vlm: Keep the VLM frozen and in eval mode (required for caching; the default).
+    :param vlm_dtype: dtype of the VLM (e.g. ``torch.bfloat16`` on a GPU); the expert stays float32.
+    """
+
+    vlm: Any = None
+    expert: str = "shared"
+    expert_width: int | None = None
+    expert_intermediate_size: int | None = None
+    expert_layers: int = 2
+    expert_heads: int = 2
+    chunk_size: int | None = None
+    action_dim: int | None = None
+    state_dim: int | None = None
+    camera_keys: tuple[str, ...] | None = None
+    state_key: str | None = "state"
+    instruction_keys: tuple[str, str] = ("instruction_ids", "instruction_mask")
+    prefix_cache: str = "auto"
+    prefix_cache_budget: float = 2e9
+    freeze_vlm: bool = True
+    vlm_dtype: th.dtype | None = None
+
+    def __post_init__(self):
+        if self.expert not in EXPERTS:
+            raise ValueError(f"Unknown expert={self.expert!r}: use one of {EXPERTS}")
+        if self.prefix_cache not in PREFIX_CACHE_MODES:
+            raise ValueError(f"Unknown prefix_cache={self.prefix_cache!r}: use one of {PREFIX_CACHE_MODES}")
+        if self.prefix_cache == "buffer" and not self.freeze_vlm:
+            raise ValueError("prefix_cache='buffer' needs freeze_vlm=True: only a frozen backbone may be cached")
+        if self.camera_keys is not None:
+            object.__setattr__(self, "camera_keys", tuple(self.camera_keys))
+        object.__setattr__(self, "instruction_keys", tuple(self.instruction_keys))
+        object.__setattr__(self, "expert_layers", int(self.expert_layers))
+        object.__setattr__(self, "expert_heads", int(self.expert_heads))
+        object.__setattr__(self, "prefix_cache_budget", float(self.prefix_cache_budget))
+        object.__setattr__(self, "freeze_vlm", bool(self.freeze_vlm))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def merge(cls, config: VLAConfig | None = None, **fields) -> VLAConfig:
+        """``config`` (default: all defaults) with the given fields replaced; a TypeError names unknown fields."""
+        if config is not None and not isinstance(config, VLAConfig):
+            raise TypeError(
+                f"config must be a VLAConfig, got {type(config).__name__}. Pass the backbone as vlm=... (a keyword) or "
+                "config=VLAConfig(vlm=...)."
+            )
+        unknown = sorted(set(fields) - set(cls.field_names()))
+        if unknown:
+            raise TypeError(f"Unknown FlowVLAPolicy argument(s) {unknown}: VLAConfig fields are {list(cls.field_names())}")
+        return dataclasses.replace(config or cls(), **fields)
+
+    def replace(self, **fields) -> VLAConfig:
+        """A copy with the given fields replaced."""
+        return dataclasses.replace(self, **fields)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The fields as a dict of loose ``policy_kwargs`` (shallow: the VLM is not copied)."""
+        return {name: getattr(self, name) for name in self.field_names()}

@@ -1,0 +1,127 @@
+"""Action experts (trainable) of :class:`~sb3_stepnft.vla.policy.FlowVLAPolicy`: the velocity field over the prefix.
+
+* **Shared-attention expert** (π0): a copy of the VLM's text decoder with the same layers, heads, KV heads and
+  head_dim but a smaller width. Its state and action tokens attend to the prefix keys/values of every layer
+  (through a ``DynamicCache`` rebuilt from the stored tensors on each call, so they are never mutated).
+* **Cross-attention expert** (lighter, any width): a small ``nn.TransformerDecoder`` whose state and action
+  tokens attend to a linear projection of the prefix hidden states.
+
+Both experts carry π0's five heads, named as in π0 checkpoints: ``state_proj``, ``action_in_proj``,
+``action_out_proj``, ``action_time_mlp_in``, ``action_time_mlp_out``. ``transformers`` is imported at call time.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import torch as th
+import torch.nn.functional as F
+from torch import nn
+
+from sb3_stepnft.vla.backbones import import_transformers
+
+SHARED_ATTENTION_TEXT_MODELS = ("gemma", "llama", "qwen2", "smollm", "smollm3")
+"""Text decoders with 1-D RoPE and no sliding window: the shared-attention expert is allowed for these."""
+
+
+def sincos_time_embedding(t: th.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> th.Tensor:
+    """π0's sine-cosine embedding of the flow time (periods from ``min_period`` to ``max_period``)."""
+    if dim % 2:
+        raise ValueError(f"the time embedding width must be even, got {dim}")
+    fraction = th.linspace(0.0, 1.0, dim // 2, dtype=th.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = (2 * math.pi / period)[None, :] * t.to(th.float64)[:, None]
+    return th.cat([th.sin(angles), th.cos(angles)], dim=-1).float()
+
+
+class ActionExpertBase(nn.Module):
+    """π0's heads around an expert trunk: state token, action-time tokens, velocity read-out."""
+
+    def __init__(self, width: int, action_dim: int, state_dim: int):
+        super().__init__()
+        self.width = width
+        self.state_proj = nn.Linear(state_dim, width)
+        self.action_in_proj = nn.Linear(action_dim, width)
+        self.action_out_proj = nn.Linear(width, action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * width, width)
+        self.action_time_mlp_out = nn.Linear(width, width)
+
+    def suffix_embeddings(self, state: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
+        """``(B, 1 + H, width)``: the state token, then one action-time token per chunk row."""
+        dtype = self.action_in_proj.weight.dtype
+        state_token = self.state_proj(state.to(dtype))[:, None]
+        actions = self.action_in_proj(x_t.to(dtype))
+        time = sincos_time_embedding(t, self.width).to(dtype)[:, None].expand(-1, actions.shape[1], -1)
+        tokens = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(th.cat([actions, time], dim=-1))))
+        return th.cat([state_token, tokens], dim=1)
+
+    def forward(self, x_t, t, feats) -> th.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SharedAttentionExpert(ActionExpertBase):
+    """π0's action expert: a narrower copy of the VLM's text decoder attending to the prefix keys/values."""
+
+    def __init__(self, text_config, width: int, action_dim: int, state_dim: int, intermediate_size: int | None = None):
+        transformers = import_transformers()
+        super().__init__(width, action_dim, state_dim)
+        model_type = getattr(text_config, "model_type", None)
+        if model_type not in SHARED_ATTENTION_TEXT_MODELS or getattr(text_config, "sliding_window", None):
+            raise ValueError(
+                f"expert='shared' needs a text decoder with 1-D RoPE and no sliding window ({SHARED_ATTENTION_TEXT_MODELS}); "
+                f"this VLM's is {model_type!r}. Use expert='cross'."
+            )
+        config = copy.deepcopy(text_config)
+        config.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        config.hidden_size = width
+        config.intermediate_size = intermediate_size or 4 * width
+        config.pad_token_id = config.bos_token_id = config.eos_token_id = None
+        config.vocab_size = 1
+        config._attn_implementation = "sdpa"
+        self.gemma = transformers.AutoModel.from_config(config)  # named as in π0 checkpoints, whatever the family
+        self.gemma.embed_tokens = None
+
+    def forward(self, x_t: th.Tensor, t: th.Tensor, feats) -> th.Tensor:
+        transformers = import_transformers()
+        suffix = self.suffix_embeddings(feats.state, x_t, t)
+        batch, n_suffix = suffix.shape[:2]
+        prefix_valid = feats.mask.bool()
+        n_prefix = prefix_valid.shape[1]
+        # state token: prefix + itself; action tokens: prefix + state + all actions (π0's block mask [1, 1, 0, ...])
+        suffix_allowed = th.ones(n_suffix, n_suffix, dtype=th.bool, device=suffix.device)
+        suffix_allowed[0, 1:] = False
+        allowed = th.cat([prefix_valid[:, None, :].expand(-1, n_suffix, -1), suffix_allowed.expand(batch, -1, -1)], dim=2)
+        mask = th.zeros(batch, 1, n_suffix, n_prefix + n_suffix, dtype=suffix.dtype, device=suffix.device)
+        mask = mask.masked_fill(~allowed[:, None], th.finfo(suffix.dtype).min)
+        positions = prefix_valid.long().sum(dim=1, keepdim=True) + th.arange(n_suffix, device=suffix.device)[None]
+        kv = feats.kv.to(suffix.dtype)
+        cache = transformers.DynamicCache(ddp_cache_data=[(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])])
+        # transformers renamed `past_key_values` to `cache` (the old name is deprecated, removed in 5.40)
+        cache_kwarg = "cache" if "cache" in inspect.signature(self.gemma.forward).parameters else "past_key_values"
+        out = self.gemma(
+            inputs_embeds=suffix, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
+        )
+        return self.action_out_proj(out.last_hidden_state[:, 1:]).float()
+
+
+class CrossAttentionExpert(ActionExpertBase):
+    """A lighter expert: state and action-time tokens (plus a learned position) attend to ``Linear(prefix hidden)``."""
+
+    def __init__(
+        self, prefix_width: int, width: int, action_dim: int, state_dim: int, chunk_size: int, layers: int = 2, heads: int = 2
+    ):
+        super().__init__(width, action_dim, state_dim)
+        self.memory_proj = nn.Linear(prefix_width, width)
+        self.position = nn.Parameter(th.zeros(1, 1 + chunk_size, width))
+        layer = nn.TransformerDecoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.decoder = nn.TransformerDecoder(layer, layers)
+
+    def forward(self, x_t: th.Tensor, t: th.Tensor, feats) -> th.Tensor:
+        suffix = self.suffix_embeddings(feats.state, x_t, t) + self.position
+        memory = self.memory_proj(feats.hidden.to(suffix.dtype))
+        out = self.decoder(suffix, memory, memory_key_padding_mask=~feats.mask.bool())
+        return self.action_out_proj(out[:, 1:]).float()
