@@ -14,8 +14,7 @@ from sb3_stepnft.flow_grpo import group_advantages
 from sb3_stepnft.flow_grpo.groups import align_group_seeds
 from sb3_stepnft.sft import pretrain
 from sb3_stepnft.wrappers import GroupSeed
-from tests.helpers import point_reach_vec
-from tests.test_stepnft_mechanics import record_training_data
+from tests.helpers import point_reach_vec, record_training_data
 
 A = 0.5 / (np.sqrt(0.5) + 1e-6)  # a success against a failure in a group of two: deviation .5, unbiased std √.5
 A_RETURNS = 0.25 / (np.sqrt(0.125) + 1e-6)  # returns 2.5 against 2.0: deviation .25, unbiased std √.125
