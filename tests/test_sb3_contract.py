@@ -135,7 +135,7 @@ def test_dict_obs_with_mlp_alias_is_sb3_value_error(algo):
     ],
 )
 def test_invalid_arguments(algo, kwargs, match):
-    """(StepNFT's argument checks: tests/test_stepnft_mechanics.py::test_invalid_arguments.)"""
+    """(StepNFT's argument checks: test_stepnft_mechanics.py::test_invalid_arguments.)"""
     with pytest.raises(ValueError, match=match):
         small_model(algo, **kwargs)
 
