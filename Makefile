@@ -45,8 +45,7 @@ test: install-sim
 
 # Only the simulator tests.
 test-sim: install-sim
-	$(PY) -m pytest tests/test_maniskill.py tests/test_libero.py tests/test_sim_environment.py -n 2 --durations=15 \
-		$(PYTEST_ARGS)
+	$(PY) -m pytest -m sim -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -16,6 +16,20 @@ def point_reach_vec(n_envs=2, seed=0, **env_kwargs):
     return make_vec_env(PointReachEnv, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or None)
 
 
+def record_training_data(model):
+    """Record what every ``train`` takes from the buffer: a list that grows by one entry (None: nothing) per call."""
+    seen = []
+    original = model.rollout_buffer.pop_labelled
+
+    def pop():
+        data = original()
+        seen.append(data)
+        return data
+
+    model.rollout_buffer.pop_labelled = pop
+    return seen
+
+
 class ImageReachEnv(gym.Env):
     """PointReach with a small image observation (a CnnPolicy target)."""
 

@@ -15,7 +15,7 @@ from sb3_stepnft.common.ema import ema_decay_at
 from sb3_stepnft.envs import PointReachEnv
 from sb3_stepnft.stepnft import MissingSuccessSignalError, NonFiniteLossError
 from sb3_stepnft.wrappers import SuccessInfo
-from tests.helpers import point_reach_vec
+from tests.helpers import point_reach_vec, record_training_data
 
 
 class FixedLengthEnv(gym.Env):
@@ -42,19 +42,6 @@ class FixedLengthEnv(gym.Env):
 def fixed_model(n_steps=4, length=6, **kwargs):
     env = DummyVecEnv([lambda: FixedLengthEnv(length)])
     return StepNFT("MlpPolicy", env, n_steps=n_steps, batch_size=64, n_epochs=1, seed=0, **kwargs)
-
-
-def record_training_data(model):
-    seen = []
-    original = model.rollout_buffer.pop_labelled
-
-    def pop():
-        data = original()
-        seen.append(data)
-        return data
-
-    model.rollout_buffer.pop_labelled = pop
-    return seen
 
 
 def test_pending_labels_across_rollouts():

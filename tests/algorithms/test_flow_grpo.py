@@ -1,4 +1,6 @@
-"""FlowGRPO mechanics (ALGORITHM.md §4): group advantages, pending rounds, filtering, GroupSeed and guard rails."""
+"""FlowGRPO mechanics (ALGORITHM.md §4): pending rounds, filtering, GroupSeed and guard rails.
+
+group_advantages as a pure function: test_surrogate_and_advantages.py."""
 
 import gymnasium as gym
 import numpy as np
@@ -10,12 +12,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from sb3_stepnft import FlowGRPO
 from sb3_stepnft.common.evaluation import evaluate_success
 from sb3_stepnft.envs import PointReachEnv, collect_demonstrations, make_grouped_vec_env
-from sb3_stepnft.flow_grpo import group_advantages
 from sb3_stepnft.flow_grpo.groups import align_group_seeds
 from sb3_stepnft.sft import pretrain
 from sb3_stepnft.wrappers import GroupSeed
-from tests.helpers import point_reach_vec
-from tests.test_stepnft_mechanics import record_training_data
+from tests.helpers import point_reach_vec, record_training_data
 
 A = 0.5 / (np.sqrt(0.5) + 1e-6)  # a success against a failure in a group of two: deviation .5, unbiased std √.5
 A_RETURNS = 0.25 / (np.sqrt(0.125) + 1e-6)  # returns 2.5 against 2.0: deviation .25, unbiased std √.125
@@ -53,15 +53,6 @@ def scripted_model(members, n_steps=3, **kwargs):
 
 def labels_by_episode(data):
     return {(int(o[0]), int(o[1])): float(label) for o, label in zip(data["obs"], data["label"])}
-
-
-def test_group_advantages_hand_computed():
-    # mean .5, unbiased std sqrt(4·.25/3) = .57735
-    assert group_advantages([1, 0, 0, 1]) == pytest.approx([0.8660239, -0.8660239, -0.8660239, 0.8660239], rel=1e-6)
-    assert group_advantages([2.0, 2.5]).tolist() == pytest.approx([-A_RETURNS, A_RETURNS], rel=1e-9)
-    assert np.all(group_advantages([1, 1, 1]) == 0.0)
-    with pytest.raises(ValueError):
-        group_advantages([1.0])
 
 
 def test_decisions_pending_until_the_whole_group_finished_the_round():

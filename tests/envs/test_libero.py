@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.sim
 pytest.importorskip("robosuite", reason="needs the [libero] extra (bash scripts/install_sim.sh venv)")
 pytest.importorskip("bddl", reason="needs the [libero] extra (bash scripts/install_sim.sh venv)")
 if __import__("importlib").util.find_spec("libero") is None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("mani_skill", reason="needs the [maniskill] extra (bash scripts/install_sim.sh venv)")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mani_skill.*")  # numpy 2 __array_wrap__ notes
+pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::DeprecationWarning:mani_skill.*")]  # numpy 2 notes
 
 from stable_baselines3.common.env_checker import check_env  # noqa: E402
 from stable_baselines3.common.monitor import Monitor  # noqa: E402

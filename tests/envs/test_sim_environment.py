@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.sim
+
 CHECK = """
 import torch
 {simulators}
