@@ -139,7 +139,7 @@ def _missing_asset_error(error: Exception, assets: str) -> Exception:
         f"{len(missing)} large visual files (listed in {Path(assets) / BUNDLE_MARKER}). Get LIBERO's complete assets "
         '(with a network: `python -c "from libero.libero.utils.download_utils import download_assets_from_huggingface '
         'as d; d()"`, then pass assets_path=~/.cache/libero/assets) or copy them from a LIBERO checkout. Test set-ups '
-        "may fill the missing files with placeholders (tests/test_libero.py), at the price of wrong-looking objects."
+        "may fill the missing files with placeholders (tests/envs/test_libero.py), at the price of wrong-looking objects."
     )
 
 

@@ -1,7 +1,7 @@
 """ManiSkill's GPU-parallel simulator as one SB3 VecEnv: ``make_maniskill_env(..., sim_backend="gpu")``.
 
 **Untested without a GPU.** This code was written against ManiSkill 3.0.1's batched API but has never run on a CUDA
-device: the machines this package is developed and tested on have none. What is tested (tests/test_maniskill.py) is the
+device: the machines this package is developed and tested on have none. What is tested (tests/envs/test_maniskill.py) is the
 bookkeeping of :class:`ManiSkillGPUVecEnv` on a batched *CPU* env with one sub-env, and the clear errors of
 :func:`make_maniskill_gpu_env` without CUDA. Action chunks, FlowGRPO groups and narrowed action bounds are CPU-only.
 """

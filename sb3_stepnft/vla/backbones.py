@@ -106,7 +106,7 @@ class BackboneAdapter:
 
     @property
     def tokens_per_image(self) -> int:
-        """Prefix tokens of one image (from the config; checked against a real pass in tests/test_vla.py)."""
+        """Prefix tokens of one image (from the config; checked against a real pass in tests/policies/test_vla.py)."""
         raise NotImplementedError
 
     def kv_shape(self, prefix_length: int) -> tuple[int, int, int, int, int]:

@@ -247,7 +247,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
 
     def _feature_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """Field shapes of one observation's flat feature vector (:class:`VLAFeatures`), derived from the configs
-        (no VLM pass; tests/test_vla.py checks it against a real ``encode``)."""
+        (no VLM pass; tests/policies/test_vla.py checks it against a real ``encode``)."""
         length, hidden = self.prefix_length, self.backbone.hidden_size
         layout = [("mask", (length,)), ("state", (self.state_dim,)), ("pooled", (hidden,))]
         if self.expert_kind == "shared":
