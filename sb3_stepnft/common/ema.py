@@ -50,9 +50,14 @@ class EMAWeights:
         )
 
     def _params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        params = dict(self._module.named_parameters())
-        for name in self.shadow:
-            yield name, params[name]
+        # The (name, parameter) pairs are looked up once: rollouts swap θ_old in at every env step, and
+        # named_parameters() is the costly part of a swap. Moving the module to a device or loading a state dict
+        # keeps the Parameter objects, so the cached pairs stay valid.
+        cached = getattr(self, "_cached_params", None)
+        if cached is None:
+            params = dict(self._module.named_parameters())
+            cached = self._cached_params = [(name, params[name]) for name in self.shadow]
+        return iter(cached)
 
     @th.no_grad()
     def copy_from_student(self) -> None:

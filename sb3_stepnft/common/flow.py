@@ -208,6 +208,9 @@ class FlowSolver:
         self._coef_v = (-delta * (1.0 + sigma_sq * (1.0 - t) / (2.0 * t))).float()  # B_k
         self._std = (math.sqrt(delta) * th.sqrt(sigma_sq)).float()  # s_k = sqrt(Δ)·σ_k
         self._tables: dict[th.device, tuple[th.Tensor, th.Tensor, th.Tensor]] = {}
+        # Python floats of the same float32 values, for the sampling loop (no tensor indexing per step)
+        self._step_floats = list(zip(self._coef_x.tolist(), self._coef_v.tolist(), self._std.tolist()))
+        self._grids: dict[th.device, th.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"FlowSolver(num_denoise_steps={self.num_denoise_steps}, noise_level={self.noise_level})"
@@ -257,8 +260,7 @@ class FlowSolver:
             return coef_x[step_index], coef_v[step_index], std[step_index]
         if isinstance(step_index, bool) or int(step_index) != step_index or not 0 <= step_index < self.num_denoise_steps:
             raise ValueError(f"step_index must be an integer in [0, {self.num_denoise_steps - 1}], got {step_index!r}")
-        k = int(step_index)
-        return float(self._coef_x[k]), float(self._coef_v[k]), float(self._std[k])
+        return self._step_floats[int(step_index)]
 
     def _device_tables(self, device: th.device) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         if device not in self._tables:
@@ -319,13 +321,15 @@ class FlowSolver:
         """
         plan = self.plan(plan, stochastic_step)
         batch = x_0.shape[0]
-        grid = self.time_grid().to(x_0.device)
+        grid = self._grids.get(x_0.device)
+        if grid is None:
+            grid = self._grids[x_0.device] = self.time_grid().to(x_0.device)
         x = x_0.float()
         states, velocities = [x], []
         for k, noisy in enumerate(plan.stochastic):
             v = velocity_fn(x, grid[k].expand(batch)).float()
             if noisy:
-                coef_x, coef_v, std = self.coefficients(k)
+                coef_x, coef_v, std = self._step_floats[k]
                 noise = th.randn(x.shape, generator=generator, device=x.device, dtype=th.float32)
                 x = coef_x * x + coef_v * v + std * noise
             else:
