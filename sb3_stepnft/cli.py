@@ -4,7 +4,7 @@
     sb3-stepnft eval runs/pr                      # the paper's protocol: success over 100 seeded episodes
     sb3-stepnft demos point_reach -n 40 --out demos/point_reach.npz
     sb3-stepnft demos maniskill:PushCube-v1 -n 10 --out demos
-    sb3-stepnft compare --quick                   # benchmarks/compare.py (needs a source checkout)
+    sb3-stepnft compare --quick                   # benchmarks/suite.py (needs a source checkout)
 
 Env ids: a gymnasium id (``Pendulum-v1``), ``point_reach``, ``maniskill:<task>`` (``maniskill:PushCube-v1``) or
 ``libero:<suite>/<task id>`` (``libero:libero_object/0``). Hyper-parameters come from a YAML file in the style of the
@@ -529,8 +529,8 @@ def demos(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ compare
 def compare_script() -> Path | None:
-    """``benchmarks/compare.py`` of the source checkout this package runs from, if any."""
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+    """``benchmarks/suite.py`` (the benchmark suite) of the source checkout this package runs from, if any."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
     return script if script.is_file() else None
 
 
@@ -538,7 +538,7 @@ def compare(args: argparse.Namespace) -> int:
     script = compare_script()
     if script is None:
         raise CLIError(
-            "compare runs benchmarks/compare.py, which only a source checkout has: clone the repository and "
+            "compare runs benchmarks/suite.py, which only a source checkout has: clone the repository and "
             "install it with `pip install -e .` (this installation has no benchmarks folder)"
         )
     forwarded = [a for a in args.compare_args if a != "--"]
@@ -625,11 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demos)
 
     p = sub.add_parser(
-        "compare", formatter_class=_Formatter, help="run the benchmark suite (benchmarks/compare.py; source checkout)",
-        description="Run benchmarks/compare.py of the source checkout with the remaining arguments, e.g. "
+        "compare", formatter_class=_Formatter, help="run the benchmark suite (benchmarks/suite.py; source checkout)",
+        description="Run the benchmark suite, benchmarks/suite.py of the source checkout with the remaining arguments, e.g. "
         "`sb3-stepnft compare --quick`; `sb3-stepnft compare -- --help` shows its options.",
     )  # fmt: skip
-    p.add_argument("compare_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/compare.py")
+    p.add_argument("compare_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/suite.py")
     p.set_defaults(func=compare)
     return parser
 
