@@ -664,14 +664,22 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             # Give access to local variables (SB3 names: new_obs, rewards, dones, infos, actions)
             callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                return self._all_ranks_continue(False)
             self._update_info_buffer(infos, dones)
             n_steps += 1
 
         self._label_rollout(rollout_buffer)
         callback.update_locals(locals())
         callback.on_rollout_end()
-        return True
+        return self._all_ranks_continue(True)
+
+    def _all_ranks_continue(self, continue_training: bool) -> bool:
+        """Data-parallel: training goes on only if no rank's callback stopped it (one small all-reduce per rollout), so
+        a callback that stops one rank (e.g. ``StopTrainingOnRewardThreshold`` on rank 0) stops them all instead of
+        leaving the others waiting in the next update."""
+        if not is_distributed():
+            return continue_training
+        return max_over_ranks(int(not continue_training)) == 0
 
     def _executed_rows(self, infos: list[dict[str, Any]]) -> np.ndarray:
         """``(n_envs, H)`` mask of the chunk rows that ran (``info["env_steps"]`` from ``ActionChunk``)."""

@@ -17,6 +17,7 @@ import torch as th
 import torch._dynamo  # noqa: F401 (a first optimiser imports it, for seconds: once here, before the workers fork)
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
 from sb3_stepnft import FlowGRPO, FlowPPO, StepNFT
@@ -58,14 +59,27 @@ def _init_worker(rank: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
 
 
-def _spawn(worker, tmp_path, *args) -> None:
+def _spawn(worker, tmp_path, *args, timeout: float = 120.0) -> None:
+    """Run ``worker(rank, init_file, out, *args)`` on 2 forked ranks; a worker's exception is raised here, and workers
+    that are still running after ``timeout`` seconds (a deadlock) are killed and fail the test."""
     # fork: the workers inherit the imported modules (a spawned worker pays ~5 s of imports on a loaded machine).
-    mp.start_processes(
-        worker, args=(str(tmp_path / "pg_init"), str(tmp_path), *args), nprocs=WORLD_SIZE, join=True, start_method="fork"
+    context = mp.start_processes(
+        worker, args=(str(tmp_path / "pg_init"), str(tmp_path), *args), nprocs=WORLD_SIZE, join=False, start_method="fork"
     )
+    deadline = time.time() + timeout
+    while not context.join(timeout=1.0):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the ranks were still running after {timeout} s: a deadlock")
 
 
 # --------------------------------------------------------------------------------------------- learn on 2 ranks
+class StopOnRankZero(BaseCallback):
+    def _on_step(self) -> bool:
+        return not (dist.get_rank() == 0 and self.n_calls >= 5)
+
+
 def _learn_worker(rank: int, init_file: str, out: str) -> None:
     _init_worker(rank, init_file)
     try:
@@ -78,6 +92,8 @@ def _learn_worker(rank: int, init_file: str, out: str) -> None:
             model.learn(total_timesteps=64)
             after = _state(model)
             assert distributed.replicas_identical(after), f"{name}: replicas differ after learn"
+            moments = [t for state in model.policy.optimizer.state.values() for t in state.values() if t.dim() > 0]
+            assert moments and distributed.replicas_identical(moments), f"{name}: the optimisers differ"
             assert model.num_timesteps == 64, f"{name}: num_timesteps {model.num_timesteps} is not the global count"
             assert model._n_updates > 0 and any(not th.equal(a, b) for a, b in zip(before, after))
             obs = th.as_tensor(model._last_obs).flatten()
@@ -92,6 +108,9 @@ def _learn_worker(rank: int, init_file: str, out: str) -> None:
             if name == "stepnft":  # resumes data-parallel from the checkpoint
                 loaded.learn(total_timesteps=32, reset_num_timesteps=False)
                 assert distributed.replicas_identical(_state(loaded)), f"{name}: replicas differ after resuming"
+                # a callback that stops rank 0 only stops both ranks (no rank waits in the next update)
+                loaded.learn(total_timesteps=100_000, callback=StopOnRankZero(), reset_num_timesteps=False)
+                assert loaded.num_timesteps < 1_000
     finally:
         dist.destroy_process_group()
 
@@ -240,6 +259,16 @@ def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     assert result.returncode != 0
     assert "simulator crashed on rank 1" in result.stderr
     assert time.time() - start < 90
+
+
+def test_without_a_process_group_nothing_changes(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.init_from_env("cpu") == "cpu" and not dist.is_initialized()
+    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
+    assert distributed.rank_seed(7) == 7 and distributed.rank_seed(None) is None
+    assert distributed.max_over_ranks(3) == 3 and distributed.sum_over_ranks([1, 2.5]) == [1.0, 2.5]
+    assert distributed.average_gradients([], weight=1.0, failed=True) is True
 
 
 # ------------------------------------------------------------------------------ gradient accumulation
