@@ -402,7 +402,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.checkpoint_freq > 0 and main_process:
         callbacks.append(
             CheckpointCallback(
-                max(args.checkpoint_freq // n_envs, 1), str(out / "checkpoints"), name_prefix="model",
+                max(args.checkpoint_freq // (n_envs * get_world_size()), 1), str(out / "checkpoints"), name_prefix="model",
                 save_vecnormalize=True,
             )  # fmt: skip
         )
@@ -410,7 +410,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_env = build_env(args.env, 1, EVAL_SEED + args.seed, env_config, "eval", demos)
         callbacks.append(
             EvalCallback(
-                eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(args.eval_freq // n_envs, 1),
+                eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(args.eval_freq // (n_envs * get_world_size()), 1),
                 log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=False,
                 verbose=args.verbose,
             )  # fmt: skip
@@ -605,8 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--total-timesteps", type=int, default=None, help=f"default: n_timesteps or {DEFAULT_TIMESTEPS}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/<algo>_<env>_seed<seed>)")
-    p.add_argument("--checkpoint-freq", type=int, default=50_000, help="steps between checkpoints (0: none)")
-    p.add_argument("--eval-freq", type=int, default=0, help="steps between EvalCallback evaluations (0: none)")
+    p.add_argument(
+        "--checkpoint-freq", type=int, default=50_000, help="env steps (of all ranks) between checkpoints (0: none)"
+    )
+    p.add_argument(
+        "--eval-freq",
+        type=int,
+        default=0,
+        help="env steps (of all ranks) between EvalCallback evaluations, on rank 0 (0: none)",
+    )
     p.add_argument("--eval-episodes", type=int, default=20, help="episodes per EvalCallback evaluation")
     p.add_argument("--progress-bar", action="store_true", help="show a progress bar (tqdm + rich)")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs (default: <out>/tb if installed)")
