@@ -84,12 +84,19 @@ def broadcast_tensors(tensors: Iterable[th.Tensor], source: int = 0) -> None:
         return
     with th.no_grad():
         for tensor in tensors:
-            dist.broadcast(tensor.data, src=source)
+            data = tensor.data
+            if data.is_contiguous() and data.dtype != th.bool:
+                dist.broadcast(data, src=source)
+                continue
+            staged = data.contiguous().to(th.uint8 if data.dtype == th.bool else data.dtype)  # gloo: no bool tensors
+            dist.broadcast(staged, src=source)
+            data.copy_(staged.to(data.dtype))
 
 
 def broadcast_module(module: nn.Module, source: int = 0) -> None:
-    """Every parameter and buffer of ``module`` (frozen ones too, once per ``learn``) from rank ``source``."""
-    broadcast_tensors([*module.parameters(), *module.buffers()], source)
+    """The state of ``module`` from rank ``source``: every parameter (frozen ones too) and every persistent buffer (the
+    ``state_dict``; non-persistent buffers such as position ids are constants of the architecture)."""
+    broadcast_tensors(list(module.state_dict(keep_vars=True).values()), source)
 
 
 def max_over_ranks(value: int) -> int:

@@ -172,6 +172,10 @@ def _train_on(model, data: dict | None, initial: dict) -> list[th.Tensor]:
 def _equivalence_worker(rank: int, init_file: str, out: str) -> None:
     _init_worker(rank, init_file)
     try:
+        # broadcast handles what gloo cannot send as it is: bool and non-contiguous tensors
+        flags, transposed = th.tensor([rank == 0, rank == 1]), (th.arange(6.0).reshape(2, 3) * (rank + 1)).t()
+        distributed.broadcast_tensors([flags, transposed])
+        assert flags.tolist() == [True, False] and th.equal(transposed, th.arange(6.0).reshape(2, 3).t())
         for name in ALGORITHMS:
             recorded = th.load(os.path.join(out, f"{name}_data.pt"), weights_only=False)
             model = _make_model(name, _make_env(name, seed=rank), batch_size=BATCH, sgd=True)
