@@ -364,6 +364,11 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out or _default_out(algo, args.env, args.seed))
     threads = configure_torch_threads(args.torch_threads)
     # Data-parallel: n_envs per rank, each rank's envs seeded with seed + rank·RANK_SEED_OFFSET.
+    if get_world_size() > 1 and env_config.get("normalize") not in (None, False, "demos") and main_process:
+        print(
+            "warning: normalize with running statistics under torchrun: each rank normalises with its own statistics "
+            "(rank 0's are saved); use `normalize: demos` (frozen statistics) for identical inputs on every rank"
+        )
     env = build_env(args.env, n_envs, rank_seed(args.seed), env_config, algo, demos)
     if policy is None:
         from gymnasium import spaces
