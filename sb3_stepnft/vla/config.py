@@ -17,6 +17,7 @@ import torch as th
 
 PREFIX_CACHE_MODES = ("auto", "buffer", "recompute")
 EXPERTS = ("shared", "cross")
+VARIANTS = ("pi0", "pi05")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class VLAConfig:
     :param prefix_cache_budget: Byte budget of ``"auto"`` (default 2 GB).
     :param freeze_vlm: Keep the VLM frozen and in eval mode (required for caching; the default).
     :param vlm_dtype: dtype of the VLM (e.g. ``torch.bfloat16`` on a GPU); the expert stays float32.
+    :param variant: ``"pi0"`` (a ``state_proj`` state token; the flow time enters through ``action_time_mlp_*``
+        mixed with each action token) or ``"pi05"`` (π0.5: no state token; the time goes through ``time_mlp_in/out``
+        into adaptive RMSNorms of the expert, which give a scale, shift and gate per norm; needs ``expert="shared"``).
+        :meth:`pi05` is the preset.
+    :param state_in_prompt: π0.5 only: the (normalised, 256-bin discretised) state is written into the prompt by
+        :class:`sb3_stepnft.vla.prompt.Pi05Prompt`; False for checkpoints trained without it (openpi's
+        ``pi05_libero``: ``discrete_state_input=False``). The expert never reads the state in π0.5.
     """
 
     vlm: Any = None
@@ -63,8 +71,18 @@ class VLAConfig:
     prefix_cache_budget: float = 2e9
     freeze_vlm: bool = True
     vlm_dtype: th.dtype | None = None
+    variant: str = "pi0"
+    state_in_prompt: bool = True
 
     def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown variant={self.variant!r}: use one of {VARIANTS}")
+        if self.variant == "pi05" and self.expert != "shared":
+            raise ValueError(
+                "variant='pi05' needs expert='shared': π0.5's adaptive RMSNorms live in the layers of the Gemma-style "
+                "expert that shares the VLM's keys/values. Use expert='shared' (or variant='pi0' with expert='cross')."
+            )
+        object.__setattr__(self, "state_in_prompt", bool(self.state_in_prompt))
         if self.expert not in EXPERTS:
             raise ValueError(f"Unknown expert={self.expert!r}: use one of {EXPERTS}")
         if self.prefix_cache not in PREFIX_CACHE_MODES:
@@ -78,6 +96,11 @@ class VLAConfig:
         object.__setattr__(self, "expert_heads", int(self.expert_heads))
         object.__setattr__(self, "prefix_cache_budget", float(self.prefix_cache_budget))
         object.__setattr__(self, "freeze_vlm", bool(self.freeze_vlm))
+
+    @classmethod
+    def pi05(cls, **fields) -> VLAConfig:
+        """The π0.5 preset: ``variant="pi05"``, ``expert="shared"``, plus the given fields."""
+        return cls(**{"variant": "pi05", "expert": "shared", **fields})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

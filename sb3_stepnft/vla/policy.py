@@ -52,8 +52,9 @@ def _config_field(name: str) -> property:
 
 
 class FlowVLAPolicy(BaseFlowPolicy):
-    """π0-style vision-language-action flow policy (alias ``"VLAPolicy"``); a sibling of the MLP-family
+    """π0 / π0.5-style vision-language-action flow policy (alias ``"VLAPolicy"``); a sibling of the MLP-family
     :class:`~sb3_stepnft.common.policies.FlowPolicy` under :class:`~sb3_stepnft.common.policies.BaseFlowPolicy`.
+    ``config=VLAConfig.pi05(...)`` builds π0.5 (AdaRMS time conditioning, state in the prompt).
 
     Observations are a Dict with one or more camera images (``Box`` uint8, channel-first or -last), an optional
     proprio ``state`` vector, and the instruction as token ids plus a mask (``instruction_ids``: ``Box(int64)``,
@@ -91,6 +92,8 @@ class FlowVLAPolicy(BaseFlowPolicy):
     prefix_cache_budget = _config_field("prefix_cache_budget")
     freeze_vlm = _config_field("freeze_vlm")
     vlm_dtype = _config_field("vlm_dtype")
+    variant = _config_field("variant")
+    state_in_prompt = _config_field("state_in_prompt")
 
     def __init__(
         self,
@@ -164,7 +167,12 @@ class FlowVLAPolicy(BaseFlowPolicy):
         self.config = config = config.replace(vlm=self.vlm.config, state_dim=state_dim, expert_width=expert_width)
         if config.expert == "shared":
             self.expert = experts.SharedAttentionExpert(
-                self.backbone.text_config, expert_width, self.action_dim, state_dim, config.expert_intermediate_size
+                self.backbone.text_config,
+                expert_width,
+                self.action_dim,
+                state_dim,
+                config.expert_intermediate_size,
+                variant=config.variant,
             )
         else:
             self.expert = experts.CrossAttentionExpert(
