@@ -53,6 +53,11 @@ class VLAConfig:
     :param state_in_prompt: π0.5 only: the (normalised, 256-bin discretised) state is written into the prompt by
         :class:`sb3_stepnft.vla.prompt.Pi05Prompt`; False for checkpoints trained without it (openpi's
         ``pi05_libero``: ``discrete_state_input=False``). The expert never reads the state in π0.5.
+    :param norm_stats: Normalisation statistics of a checkpoint (``dict(mode="mean_std", state=dict(mean=[...],
+        std=[...]), actions=dict(...))`` or ``mode="quantiles"`` with ``q01``/``q99``), as
+        :func:`sb3_stepnft.vla.pi0.load_norm_stats` reads them: the state is normalised before the policy reads it
+        (``(s - mean) / std`` or ``2 (s - q01) / (q99 - q01) - 1`` on its first dims) and the flow's [-1, 1] actions
+        map to ``mean ± std`` or ``[q01, q99]`` instead of the action space's bounds (SB3 still clips to them).
     """
 
     vlm: Any = None
@@ -73,8 +78,16 @@ class VLAConfig:
     vlm_dtype: th.dtype | None = None
     variant: str = "pi0"
     state_in_prompt: bool = True
+    norm_stats: dict[str, Any] | None = None
 
     def __post_init__(self):
+        if self.norm_stats is not None:
+            keys = {"mean_std": ("mean", "std"), "quantiles": ("q01", "q99")}.get(self.norm_stats.get("mode"))
+            if keys is None or any(k not in self.norm_stats.get(part, {}) for part in ("state", "actions") for k in keys):
+                raise ValueError(
+                    "norm_stats must be dict(mode='mean_std', state=dict(mean=..., std=...), actions=dict(mean=..., "
+                    f"std=...)) or mode='quantiles' with q01/q99, got keys {sorted(self.norm_stats)}"
+                )
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown variant={self.variant!r}: use one of {VARIANTS}")
         if self.variant == "pi05" and self.expert != "shared":

@@ -150,3 +150,32 @@ def test_every_algorithm_trains_pi05_and_round_trips(tokenizer, algo, tmp_path):
     th.manual_seed(0)
     b, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_pi05_prompt_writes_the_discretised_state(tokenizer):
+    from sb3_stepnft.envs.lang_reach import LangReachEnv
+    from sb3_stepnft.vla.prompt import Pi05Prompt, discretize_state, pi05_prompt
+
+    # openpi's bins: [-1, 1] → 0 .. 255
+    assert discretize_state(np.array([-1.0, 0.0, 0.999, 1.0])).tolist() == [0, 128, 255, 255]
+    stats = dict(mode="quantiles", state=dict(q01=[-2.0, -2.0], q99=[2.0, 2.0]), actions=dict(q01=[0.0], q99=[1.0]))
+    env = Pi05Prompt(LangReachEnv(), tokenizer, max_length=120, norm_stats=stats)
+    obs, info = env.reset(seed=0)
+
+    def normalised(state):  # the quantile normalisation of [-2, 2] on the two dims the statistics cover
+        return np.concatenate([np.asarray(state[:2]) / 2.0, state[2:]])
+
+    bins = discretize_state(normalised(obs["state"]))
+    prompt = pi05_prompt(info["instruction"], bins)
+    assert prompt.startswith("Task: ") and ", State: " in prompt and prompt.endswith(";\nAction: ")
+    ids = obs["instruction_ids"][obs["instruction_mask"].astype(bool)]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == prompt
+    obs, *_ = env.step(env.action_space.sample())
+    assert tokenizer.decode(obs["instruction_ids"][obs["instruction_mask"].astype(bool)], skip_special_tokens=True) == (
+        pi05_prompt(info["instruction"], discretize_state(normalised(obs["state"])))
+    )  # the state is re-read every step
+    # pi05_libero-style checkpoints: no state in the prompt
+    plain = Pi05Prompt(LangReachEnv(), tokenizer, max_length=120, state_in_prompt=False)
+    obs, info = plain.reset(seed=0)
+    decoded = tokenizer.decode(obs["instruction_ids"][obs["instruction_mask"].astype(bool)], skip_special_tokens=True)
+    assert decoded == f"Task: {info['instruction'].strip()};\nAction: "
