@@ -60,8 +60,9 @@ def real_sizes(variant: str) -> dict[str, int]:
     )
 
 
-def measured_activations(variant: str, prefix_length: int, chunk: int) -> int:
-    """Bytes autograd saves per sample in one expert pass with gradients (real-size fp32 expert, on the CPU)."""
+def measured_activations(variant: str, prefix_length: int, chunk: int, checkpointing: bool = False) -> int:
+    """Bytes autograd saves per sample in one expert pass with gradients (real-size fp32 expert, on the CPU), with
+    or without ``expert_gradient_checkpointing`` (then the peak of one recomputed layer is added: measured too)."""
     expert = measured_activations.experts.get(variant)
     if expert is None:
         config = pi0_paligemma_config().text_config
@@ -70,6 +71,7 @@ def measured_activations(variant: str, prefix_length: int, chunk: int) -> int:
             config, EXPERT_WIDTH, MAX_DIM, MAX_DIM, EXPERT_MLP, variant=variant
         )
     params = {p.data_ptr() for p in expert.parameters()}
+    expert.gradient_checkpointing = checkpointing
 
     def saved_bytes(batch: int) -> int:
         kv = th.randn(batch, 18, 2, 1, prefix_length, 256)
@@ -89,7 +91,11 @@ def measured_activations(variant: str, prefix_length: int, chunk: int) -> int:
         del out
         return sum(storages.values())
 
-    return saved_bytes(2) - saved_bytes(1)
+    total = saved_bytes(2) - saved_bytes(1)
+    if checkpointing:  # the backward recomputes one layer at a time: add one layer's activations
+        expert.gradient_checkpointing = False
+        total += (measured_activations(variant, prefix_length, chunk) - total) // len(expert.gemma.layers)
+    return total
 
 
 measured_activations.experts = {}
@@ -115,20 +121,24 @@ def table(variants, cameras, chunk: int, steps: int, gpus) -> str:
             f"fixed {fixed / GB:.2f} GB. Prompt {TOKENS[variant]} tokens, chunk {chunk}, K = {steps}.\n"
         )
         header = "| cameras | prefix tokens | cached prefix / decision | chain / decision | activations / sample (measured) |"
-        header += "".join(f" max minibatch {g} GB |" for g in gpus)
-        lines += [header, "|" + "---|" * (5 + len(gpus))]
+        header += " with expert checkpointing |" + "".join(f" max minibatch {g} GB |" for g in gpus)
+        lines += [header, "|" + "---|" * (6 + len(gpus))]
         for n in cameras:
             length = n * IMAGE_TOKENS + TOKENS[variant]
             prefix = feature_bytes(length)
             chain = 4 * (steps + 1) * chunk * MAX_DIM
             activations = measured_activations(variant, length, chunk)
-            per_sample = activations + prefix + chain
-            fits = [max(0, int((0.9 * g * GB - fixed) // per_sample)) for g in gpus]
+            checkpointed = measured_activations(variant, length, chunk, checkpointing=True)
+            fits = [
+                " / ".join(str(max(0, int((0.9 * g * GB - fixed) // (a + prefix + chain)))) for a in (activations, checkpointed))
+                for g in gpus
+            ]
             lines.append(
-                f"| {n} | {length} | {prefix / 1e6:.1f} MB | {chain / 1e3:.1f} kB | {activations / 1e6:.1f} MB |"
-                + "".join(f" {f} |" for f in fits)
+                f"| {n} | {length} | {prefix / 1e6:.1f} MB | {chain / 1e3:.1f} kB | {activations / 1e6:.1f} MB | "
+                f"{checkpointed / 1e6:.1f} MB |" + "".join(f" {f} |" for f in fits)
             )
         lines.append("")
+    lines.append("Max minibatch: without / with `expert_gradient_checkpointing=True`.")
     return "\n".join(lines)
 
 

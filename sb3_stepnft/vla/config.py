@@ -53,6 +53,8 @@ class VLAConfig:
     :param state_in_prompt: π0.5 only: the (normalised, 256-bin discretised) state is written into the prompt by
         :class:`sb3_stepnft.vla.prompt.Pi05Prompt`; False for checkpoints trained without it (openpi's
         ``pi05_libero``: ``discrete_state_input=False``). The expert never reads the state in π0.5.
+    :param expert_gradient_checkpointing: Recompute each layer of the shared expert in the backward pass instead of
+        keeping its activations (less memory per minibatch sample, about one more expert forward per update).
     :param norm_stats: Normalisation statistics of a checkpoint (``dict(mode="mean_std", state=dict(mean=[...],
         std=[...]), actions=dict(...))`` or ``mode="quantiles"`` with ``q01``/``q99``), as
         :func:`sb3_stepnft.vla.pi0.load_norm_stats` reads them: the state is normalised before the policy reads it
@@ -79,8 +81,11 @@ class VLAConfig:
     variant: str = "pi0"
     state_in_prompt: bool = True
     norm_stats: dict[str, Any] | None = None
+    expert_gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        if self.expert_gradient_checkpointing and self.expert != "shared":
+            raise ValueError("expert_gradient_checkpointing is implemented for expert='shared' only")
         if self.norm_stats is not None:
             keys = {"mean_std": ("mean", "std"), "quantiles": ("q01", "q99")}.get(self.norm_stats.get("mode"))
             if keys is None or any(k not in self.norm_stats.get(part, {}) for part in ("state", "actions") for k in keys):

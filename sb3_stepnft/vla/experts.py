@@ -22,6 +22,7 @@ import math
 import torch as th
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sb3_stepnft.vla.backbones import import_transformers
 
@@ -144,11 +145,10 @@ class SharedAttentionExpert(ActionExpertBase):
             self.gemma.norm = AdaRMSNorm(width, width, eps)
         attention = self.gemma.layers[0].self_attn.forward
         # transformers renamed `past_key_values` to `cache` (the old name is deprecated, removed in 5.40)
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.gemma.forward).parameters else "past_key_values"
-        self._attention_cache_kwarg = "cache" if "cache" in inspect.signature(attention).parameters else "past_key_values"
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(attention).parameters else "past_key_values"
+        self.gradient_checkpointing = False
 
     def forward(self, x_t: th.Tensor, t: th.Tensor, feats) -> th.Tensor:
-        transformers = import_transformers()
         suffix, cond = self.suffix_embeddings(feats.state, x_t, t)
         batch, n_suffix = suffix.shape[:2]
         prefix_valid = feats.mask.bool()
@@ -162,31 +162,48 @@ class SharedAttentionExpert(ActionExpertBase):
         mask = th.zeros(batch, 1, n_suffix, n_prefix + n_suffix, dtype=suffix.dtype, device=suffix.device)
         mask = mask.masked_fill(~allowed[:, None], th.finfo(suffix.dtype).min)
         positions = prefix_valid.long().sum(dim=1, keepdim=True) + th.arange(n_suffix, device=suffix.device)[None]
-        kv = feats.kv.to(suffix.dtype)
-        cache = transformers.DynamicCache(ddp_cache_data=[(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])])
-        if cond is None:
-            out = self.gemma(
-                inputs_embeds=suffix, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kwarg: cache}
-            ).last_hidden_state
-            return self.action_out_proj(out[:, 1:]).float()
-        return self.action_out_proj(self._adaptive_trunk(suffix, cond, mask, positions, cache)).float()
-
-    def _adaptive_trunk(self, hidden: th.Tensor, cond: th.Tensor, mask: th.Tensor, positions: th.Tensor, cache) -> th.Tensor:
-        """π0.5's expert layers: AdaRMS norms and gated residuals ``x + gate·f(norm(x))`` (LeRobot's PiGemma layer)."""
+        prefix = PrefixKeyValues(feats.kv.to(suffix.dtype))
+        hidden = suffix
         position_embeddings = self.gemma.rotary_emb(hidden, positions)
+        checkpointing = self.gradient_checkpointing and th.is_grad_enabled()
         for layer in self.gemma.layers:
-            normed, gate = layer.input_layernorm(hidden, cond)
-            attended, _ = layer.self_attn(
-                hidden_states=normed,
-                attention_mask=mask,
-                position_ids=positions,
-                position_embeddings=position_embeddings,
-                **{self._attention_cache_kwarg: cache},
-            )
-            hidden = hidden + attended * gate
-            normed, gate = layer.post_attention_layernorm(hidden, cond)
-            hidden = hidden + layer.mlp(normed) * gate
-        return self.gemma.norm(hidden, cond)[0]
+            args = (layer, hidden, cond, mask, positions, position_embeddings, prefix)
+            hidden = checkpoint(self._layer, *args, use_reentrant=False) if checkpointing else self._layer(*args)
+        hidden = self.gemma.norm(hidden) if cond is None else self.gemma.norm(hidden, cond)[0]
+        return self.action_out_proj(hidden[:, 1:] if self.has_state_token else hidden).float()
+
+    def _layer(self, layer, hidden, cond, mask, positions, position_embeddings, prefix) -> th.Tensor:
+        """One decoder layer of the expert over the suffix, attending to the prefix keys/values of that layer.
+        π0: the text model's own pre-norm layer; π0.5: AdaRMS norms and gated residuals ``x + gate·f(norm(x))``
+        (LeRobot's PiGemma layer). The attention, rotary embedding and MLP are the stock ``transformers`` modules."""
+        normed, gate = (layer.input_layernorm(hidden), None) if cond is None else layer.input_layernorm(hidden, cond)
+        attended, _ = layer.self_attn(
+            hidden_states=normed,
+            attention_mask=mask,
+            position_ids=positions,
+            position_embeddings=position_embeddings,
+            **{self._cache_kwarg: prefix},
+        )
+        hidden = hidden + (attended if gate is None else attended * gate)
+        normed, gate = (
+            (layer.post_attention_layernorm(hidden), None) if cond is None else layer.post_attention_layernorm(hidden, cond)
+        )
+        out = layer.mlp(normed)
+        return hidden + (out if gate is None else out * gate)
+
+
+class PrefixKeyValues:
+    """The stored prefix keys/values as the cache a ``transformers`` attention layer expects: ``update`` returns the
+    prefix of that layer followed by the suffix's keys/values and changes nothing, so a layer can run twice (gradient
+    checkpointing recomputes it) and the stored features are never mutated."""
+
+    def __init__(self, kv: th.Tensor):
+        self.kv = kv  # (B, n_layers, 2, n_kv, L, head_dim)
+
+    def update(self, key_states: th.Tensor, value_states: th.Tensor, layer_idx: int, *args, **kwargs):
+        keys = th.cat([self.kv[:, layer_idx, 0], key_states], dim=2)
+        values = th.cat([self.kv[:, layer_idx, 1], value_states], dim=2)
+        return keys, values
 
 
 class CrossAttentionExpert(ActionExpertBase):

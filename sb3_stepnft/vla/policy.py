@@ -175,6 +175,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
                 config.expert_intermediate_size,
                 variant=config.variant,
             )
+            self.expert.gradient_checkpointing = bool(config.expert_gradient_checkpointing)
         else:
             self.expert = experts.CrossAttentionExpert(
                 self.backbone.hidden_size,

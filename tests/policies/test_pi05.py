@@ -179,3 +179,27 @@ def test_pi05_prompt_writes_the_discretised_state(tokenizer):
     obs, info = plain.reset(seed=0)
     decoded = tokenizer.decode(obs["instruction_ids"][obs["instruction_mask"].astype(bool)], skip_special_tokens=True)
     assert decoded == f"Task: {info['instruction'].strip()};\nAction: "
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_expert_gradient_checkpointing_gives_the_same_gradients(tokenizer, variant):
+    env = lang_env(tokenizer)
+    config = VLAConfig(vlm=tiny_paligemma_config(image_size=16, patch_size=8), expert_width=32, variant=variant)
+    policies = [
+        small(StepNFT, env, policy_kwargs=dict(config=config.replace(expert_gradient_checkpointing=flag))).policy
+        for flag in (False, True)
+    ]
+    policies[1].load_state_dict(policies[0].state_dict())
+    obs = {k: th.as_tensor(v) for k, v in env.reset().items()}
+    x, t = th.randn(2, policies[0].chunk_size, policies[0].action_dim), th.tensor([0.7, 0.2])
+    grads, saved = [], []
+    for policy in policies:
+        feats = policy.encode(obs)
+        tensors = []
+        with th.autograd.graph.saved_tensors_hooks(lambda x: tensors.append(x.numel()) or x, lambda x: x):
+            loss = policy.velocity(x, t, feats).square().sum()
+        loss.backward()
+        grads.append(th.cat([p.grad.flatten() for p in policy.expert.parameters() if p.grad is not None]))
+        saved.append(sum(tensors))
+    th.testing.assert_close(grads[1], grads[0])
+    assert saved[1] < saved[0] / 2  # only the layer inputs are kept
