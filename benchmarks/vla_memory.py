@@ -129,10 +129,8 @@ def table(variants, cameras, chunk: int, steps: int, gpus) -> str:
             chain = 4 * (steps + 1) * chunk * MAX_DIM
             activations = measured_activations(variant, length, chunk)
             checkpointed = measured_activations(variant, length, chunk, checkpointing=True)
-            fits = [
-                " / ".join(str(max(0, int((0.9 * g * GB - fixed) // (a + prefix + chain)))) for a in (activations, checkpointed))
-                for g in gpus
-            ]
+            per_sample = [a + prefix + chain for a in (activations, checkpointed)]
+            fits = [" / ".join(str(max(0, int((0.9 * g * GB - fixed) // b))) for b in per_sample) for g in gpus]
             lines.append(
                 f"| {n} | {length} | {prefix / 1e6:.1f} MB | {chain / 1e3:.1f} kB | {activations / 1e6:.1f} MB | "
                 f"{checkpointed / 1e6:.1f} MB |" + "".join(f" {f} |" for f in fits)

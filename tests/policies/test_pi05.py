@@ -196,7 +196,12 @@ def test_expert_gradient_checkpointing_gives_the_same_gradients(tokenizer, varia
     for policy in policies:
         feats = policy.encode(obs)
         tensors = []
-        with th.autograd.graph.saved_tensors_hooks(lambda x: tensors.append(x.numel()) or x, lambda x: x):
+
+        def pack(tensor, tensors=tensors):
+            tensors.append(tensor.numel())
+            return tensor
+
+        with th.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             loss = policy.velocity(x, t, feats).square().sum()
         loss.backward()
         grads.append(th.cat([p.grad.flatten() for p in policy.expert.parameters() if p.grad is not None]))
