@@ -1,15 +1,18 @@
-"""Loading π0-style PyTorch checkpoints (LeRobot / openpi layout) into :class:`FlowVLAPolicy`.
+"""Loading π0 and π0.5 PyTorch checkpoints (LeRobot / openpi layout) into :class:`FlowVLAPolicy`.
 
-A π0 checkpoint directory holds ``config.json`` and ``model.safetensors``. The weights are renamed with
-:data:`PI0_KEY_MAP` (regular expressions, first match wins) and loaded **strictly**: a missing or unexpected key
-is an error, never a silent random initialisation. Only stock ``transformers`` classes are used (PaliGemma and a
-Gemma expert); π0.5's AdaRMS expert norms are not supported and are reported as such.
+A checkpoint directory holds ``model.safetensors`` and usually ``config.json`` (and normalisation statistics). The
+variant is detected from the tensors (:func:`checkpoint_variant`: AdaRMS expert norms or a square ``time_mlp_in``
+make π0.5), the weights are renamed with :data:`PI0_KEY_MAP` / :data:`PI05_KEY_MAP` (regular expressions, first
+match wins) and loaded **strictly**: a missing, unexpected or misshaped key is an error, never a silent random
+initialisation. Only stock ``transformers`` classes are used (PaliGemma and a Gemma expert, whose norms are
+:class:`~sb3_stepnft.vla.experts.AdaRMSNorm` in π0.5).
 
-The key names come from LeRobot's ``PI0Pytorch`` (``model.paligemma_with_expert.{paligemma,gemma_expert}.*`` and
-``model.{state_proj,action_in_proj,action_out_proj,action_time_mlp_in,action_time_mlp_out}.*``), openpi's PyTorch
-port (the same without the leading ``model.``) and the older transformers-4 PaliGemma layout
-(``paligemma.language_model.model.*``). The mapping has been checked against these names, not against a
-downloaded checkpoint (none can be fetched here).
+The key names come from LeRobot's ``PI0Pytorch`` / ``PI05Pytorch`` (``model.paligemma_with_expert.{paligemma,
+gemma_expert}.*`` and the heads ``model.{state_proj,action_in_proj,action_out_proj,action_time_mlp_*}`` /
+``model.{action_in_proj,action_out_proj,time_mlp_*}``), openpi's PyTorch port (the same without the leading
+``model.``) and the older transformers-4 PaliGemma layout (``paligemma.language_model.model.*``). Tiny checkpoints
+written by LeRobot's own classes load and reproduce LeRobot's velocities and samples
+(tests/policies/test_lerobot_parity.py); no real checkpoint was downloaded here.
 """
 
 from __future__ import annotations
