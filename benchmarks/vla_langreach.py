@@ -19,6 +19,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from transformers import ByT5Tokenizer
 
 from sb3_stepnft import StepNFT
+from sb3_stepnft.common.ema import EMA_HORIZON_RATIO
 from sb3_stepnft.common.evaluation import evaluate_success
 from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env
 from sb3_stepnft.sft import pretrain
@@ -56,6 +57,7 @@ def run(seed: int, args) -> dict:
         n_epochs=args.n_epochs,
         policy_kwargs=vla_policy_kwargs(args.expert, args.variant),
         seed=seed,
+        ema_horizon_ratio=args.ema_horizon_ratio,
     )
     demos, demo_success = collect_demonstrations(
         args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH
@@ -101,6 +103,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=200)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--eval-episodes", type=int, default=200)
+    parser.add_argument(
+        "--ema-horizon-ratio", type=float, default=EMA_HORIZON_RATIO, help="EMA horizon / planned iterations (§3.5)"
+    )
     parser.add_argument("--expert", default="shared", choices=("shared", "cross"))
     parser.add_argument("--variant", default="pi0", choices=("pi0", "pi05"), help="π0 or π0.5 (AdaRMS) expert")
     parser.add_argument("--threads", type=int, default=1)
@@ -117,7 +122,7 @@ def main(argv=None) -> None:
         "Command: `python benchmarks/vla_langreach.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
         "",
         f"Expert {args.expert!r}, chunk {args.chunk_size} env steps per decision, StepNFT lr {args.lr}, "
-        f"n_steps {args.n_steps}, "
+        f"n_steps {args.n_steps}, EMA horizon ratio {args.ema_horizon_ratio:.3g}, "
         f"{args.n_envs} envs; {args.demos} demonstrations ({args.imperfect_fraction:.0%} wandering), pretraining "
         f"{args.pretrain_epochs} epochs at lr {args.pretrain_lr}; success over {args.eval_episodes} evaluation episodes "
         '(stochastic student, ODE sampler). "StepNFT steps" counts decisions (chunks) over all envs.',

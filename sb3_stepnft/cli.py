@@ -4,7 +4,8 @@
     sb3-stepnft eval runs/pr                      # the paper's protocol: success over 100 seeded episodes
     sb3-stepnft demos point_reach -n 40 --out demos/point_reach.npz
     sb3-stepnft demos maniskill:PushCube-v1 -n 10 --out demos
-    sb3-stepnft compare --quick                   # benchmarks/compare.py (needs a source checkout)
+    sb3-stepnft compare --quick                   # benchmarks/suite.py (needs a source checkout)
+    torchrun --nproc_per_node=2 -m sb3_stepnft train --algo stepnft --env point_reach   # data-parallel (docs/scaling.md)
 
 Env ids: a gymnasium id (``Pendulum-v1``), ``point_reach``, ``maniskill:<task>`` (``maniskill:PushCube-v1``) or
 ``libero:<suite>/<task id>`` (``libero:libero_object/0``). Hyper-parameters come from a YAML file in the style of the
@@ -314,9 +315,27 @@ def _tensorboard_available() -> bool:
 
 
 def train(args: argparse.Namespace) -> int:
+    """``sb3-stepnft train``; under ``torchrun`` every rank runs it data-parallel (docs/scaling.md)."""
+    from sb3_stepnft.common import distributed
+
+    started_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    args.device = distributed.init_from_env(args.device)
+    try:
+        return _train(args)
+    finally:
+        if started_group and distributed.is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
     import numpy as np
     from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 
+    from sb3_stepnft.common.distributed import get_world_size, is_main_process, rank_seed
+
+    main_process = is_main_process()  # rank 0 writes the run folder, logs, checkpoints and evaluations
     algo, cls = algorithm_class(args.algo)
     raw = apply_overrides(load_hyperparams(args.hyperparams, args.env), args.set or [])
     for key in UNSUPPORTED_ZOO_KEYS:
@@ -344,60 +363,71 @@ def train(args: argparse.Namespace) -> int:
 
     out = Path(args.out or _default_out(algo, args.env, args.seed))
     threads = configure_torch_threads(args.torch_threads)
-    env = build_env(args.env, n_envs, args.seed, env_config, algo, demos)
+    # Data-parallel: n_envs per rank, each rank's envs seeded with seed + rank·RANK_SEED_OFFSET.
+    if get_world_size() > 1 and env_config.get("normalize") not in (None, False, "demos") and main_process:
+        print(
+            "warning: normalize with running statistics under torchrun: each rank normalises with its own statistics "
+            "(rank 0's are saved); use `normalize: demos` (frozen statistics) for identical inputs on every rank"
+        )
+    env = build_env(args.env, n_envs, rank_seed(args.seed), env_config, algo, demos)
     if policy is None:
         from gymnasium import spaces
 
         policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
-    tensorboard = not args.no_tensorboard and _tensorboard_available()
-    if not args.no_tensorboard and not tensorboard:
+    tensorboard = not args.no_tensorboard and _tensorboard_available() and main_process
+    if not args.no_tensorboard and not tensorboard and main_process:
         print("TensorBoard is not installed (pip install tensorboard): training without TensorBoard logs")
     try:
         model = cls(
-            policy, env, seed=args.seed, verbose=args.verbose, device=args.device,
+            policy, env, seed=args.seed, verbose=args.verbose if main_process else 0, device=args.device,
             tensorboard_log=str(out / "tb") if tensorboard else None, **hp,
         )  # fmt: skip
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             raise CLIError(f"{error}: a hyper-parameter that {cls.__name__} does not take (--hyperparams / --set)") from error
         raise
-    out.mkdir(parents=True, exist_ok=True)
     config = dict(
-        algo=algo, env=args.env, seed=args.seed, n_timesteps=total, n_envs=n_envs, policy=policy,
+        algo=algo, env=args.env, seed=args.seed, n_timesteps=total, n_envs=n_envs, world_size=get_world_size(), policy=policy,
         hyperparams={k: v for k, v in raw.items() if k not in ("n_timesteps", "n_envs", "policy")},
         env_config=env_config, demos=os.path.abspath(args.demos) if args.demos else None, torch_threads=threads,
         command=" ".join(["sb3-stepnft", *sys.argv[1:]]) if args.argv is None else " ".join(["sb3-stepnft", *args.argv]),
     )  # fmt: skip
-    _write_config(out / CONFIG_FILE, config)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out / CONFIG_FILE, config)
 
     if demos is not None:
         from sb3_stepnft.sft import pretrain
 
         start = time.time()
         stats = pretrain(model, demos, seed=args.seed, progress_bar=args.progress_bar, **pretrain_kwargs)
-        print(f"pretrained on {len(demos)} demonstration steps in {time.time() - start:.1f} s: {_short(stats)}")
+        if main_process:
+            print(f"pretrained on {len(demos)} demonstration steps in {time.time() - start:.1f} s: {_short(stats)}")
     callbacks = []
-    if args.checkpoint_freq > 0:
+    if args.checkpoint_freq > 0 and main_process:
         callbacks.append(
             CheckpointCallback(
-                max(args.checkpoint_freq // n_envs, 1), str(out / "checkpoints"), name_prefix="model",
+                max(args.checkpoint_freq // (n_envs * get_world_size()), 1), str(out / "checkpoints"), name_prefix="model",
                 save_vecnormalize=True,
             )  # fmt: skip
         )
-    if args.eval_freq > 0:
+    if args.eval_freq > 0 and main_process:
         eval_env = build_env(args.env, 1, EVAL_SEED + args.seed, env_config, "eval", demos)
         callbacks.append(
             EvalCallback(
-                eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(args.eval_freq // n_envs, 1),
+                eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(args.eval_freq // (n_envs * get_world_size()), 1),
                 log_path=str(out / "eval"), best_model_save_path=str(out / "best"), deterministic=False,
                 verbose=args.verbose,
             )  # fmt: skip
         )
     start = time.time()
     model.learn(total_timesteps=total, callback=callbacks, progress_bar=args.progress_bar)
+    if not main_process:
+        env.close()
+        return 0
     model.save(out / MODEL_FILE)
     vec_normalize = model.get_vec_normalize_env()
-    if vec_normalize is not None:
+    if vec_normalize is not None:  # rank 0's statistics (VecNormalize's running statistics are per rank)
         vec_normalize.save(str(out / VECNORMALIZE_FILE))
     env.close()
     print(f"trained {cls.__name__} on {args.env} for {model.num_timesteps} steps in {time.time() - start:.0f} s")
@@ -529,8 +559,8 @@ def demos(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ compare
 def compare_script() -> Path | None:
-    """``benchmarks/compare.py`` of the source checkout this package runs from, if any."""
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+    """``benchmarks/suite.py`` (the benchmark suite) of the source checkout this package runs from, if any."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
     return script if script.is_file() else None
 
 
@@ -538,7 +568,7 @@ def compare(args: argparse.Namespace) -> int:
     script = compare_script()
     if script is None:
         raise CLIError(
-            "compare runs benchmarks/compare.py, which only a source checkout has: clone the repository and "
+            "compare runs benchmarks/suite.py, which only a source checkout has: clone the repository and "
             "install it with `pip install -e .` (this installation has no benchmarks folder)"
         )
     forwarded = [a for a in args.compare_args if a != "--"]
@@ -580,8 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--total-timesteps", type=int, default=None, help=f"default: n_timesteps or {DEFAULT_TIMESTEPS}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/<algo>_<env>_seed<seed>)")
-    p.add_argument("--checkpoint-freq", type=int, default=50_000, help="steps between checkpoints (0: none)")
-    p.add_argument("--eval-freq", type=int, default=0, help="steps between EvalCallback evaluations (0: none)")
+    p.add_argument(
+        "--checkpoint-freq", type=int, default=50_000, help="env steps (of all ranks) between checkpoints (0: none)"
+    )
+    p.add_argument(
+        "--eval-freq",
+        type=int,
+        default=0,
+        help="env steps (of all ranks) between EvalCallback evaluations, on rank 0 (0: none)",
+    )
     p.add_argument("--eval-episodes", type=int, default=20, help="episodes per EvalCallback evaluation")
     p.add_argument("--progress-bar", action="store_true", help="show a progress bar (tqdm + rich)")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs (default: <out>/tb if installed)")
@@ -625,11 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demos)
 
     p = sub.add_parser(
-        "compare", formatter_class=_Formatter, help="run the benchmark suite (benchmarks/compare.py; source checkout)",
-        description="Run benchmarks/compare.py of the source checkout with the remaining arguments, e.g. "
+        "compare", formatter_class=_Formatter, help="run the benchmark suite (benchmarks/suite.py; source checkout)",
+        description="Run the benchmark suite, benchmarks/suite.py of the source checkout with the remaining arguments, e.g. "
         "`sb3-stepnft compare --quick`; `sb3-stepnft compare -- --help` shows its options.",
     )  # fmt: skip
-    p.add_argument("compare_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/compare.py")
+    p.add_argument("compare_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/suite.py")
     p.set_defaults(func=compare)
     return parser
 

@@ -196,7 +196,7 @@ def test_compare_without_a_source_checkout_says_so(monkeypatch, capsys):
 def test_compare_forwards_to_the_benchmark_script():
     result = run_module("compare", "--", "--help")
     assert result.returncode == 0, result.stderr
-    assert "--quick" in result.stdout and "compare.py" in result.stdout
+    assert "--quick" in result.stdout and "suite.py" in result.stdout
 
 
 def test_configure_torch_threads(monkeypatch):

@@ -9,7 +9,10 @@ loop (:meth:`train`) -- lives here once.
 """
 
 import contextlib
+import math
 import warnings
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -24,6 +27,16 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
 from sb3_stepnft.common.checks import check_divergence, check_finite_rewards, check_schedule, success_flag
+from sb3_stepnft.common.distributed import (
+    average_gradients,
+    broadcast_module,
+    broadcast_tensors,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+    max_over_ranks,
+    rank_seed,
+)
 from sb3_stepnft.common.labels import EpisodeLabeller, FinishedEpisode
 from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer_step  # noqa: F401 (re-exported)
 from sb3_stepnft.common.persistence import load_checkpoint, save_checkpoint
@@ -87,6 +100,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         is left at the algorithm's default, and two different values set in both places are an error.
     :param batch_size: minibatch size of the update.
     :param n_epochs: passes over the labelled decisions per iteration.
+    :param gradient_accumulation_steps: each minibatch is processed as this many micro-batches whose gradients are
+        accumulated before the one optimiser step (the same step within float tolerance, with the activation memory
+        of a micro-batch).
     Other parameters: see SB3's ``OnPolicyAlgorithm``.
     """
 
@@ -132,6 +148,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        gradient_accumulation_steps: int = 1,
     ):
         if use_sde or sde_sample_freq != -1:
             raise ValueError(
@@ -144,6 +161,12 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         check_positive("n_steps", n_steps, integer=True)
         check_positive("batch_size", batch_size, integer=True)
         check_positive("n_epochs", n_epochs, integer=True)
+        check_positive("gradient_accumulation_steps", gradient_accumulation_steps, integer=True)
+        if gradient_accumulation_steps > batch_size:
+            raise ValueError(
+                f"gradient_accumulation_steps={gradient_accumulation_steps} splits a minibatch of batch_size={batch_size} "
+                "into more micro-batches than it has decisions: use at most batch_size accumulation steps."
+            )
         check_positive("max_grad_norm", max_grad_norm)
         if not callable(learning_rate):
             check_positive("learning_rate", learning_rate)
@@ -172,6 +195,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         )
         self.batch_size = int(batch_size)
         self.n_epochs = int(n_epochs)
+        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
         self.discarded_decisions = 0
         self._episode_ids: np.ndarray | None = None
         if _init_setup_model:
@@ -206,6 +230,12 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         saved_state = self.__dict__.pop("_labeller_state", None)
         if saved_state:
             self.labeller.load_state(saved_state)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """SB3's seeding (torch, NumPy, action space, env); in a process group rank r uses ``seed + r·RANK_SEED_OFFSET``
+        (:func:`~sb3_stepnft.common.distributed.rank_seed`): every rank steps its own, differently seeded envs and
+        draws its own sampler noise, while the parameters are broadcast from rank 0 at the start of ``learn``."""
+        super().set_random_seed(rank_seed(seed))
 
     def _make_labeller(self) -> EpisodeLabeller:
         """The algorithm's labelling rule (:mod:`sb3_stepnft.common.labels`)."""
@@ -299,7 +329,33 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             # decisions can never be labelled (ALGORITHM.md §3.1 "SB3 mapping", item 4).
             self.discarded_decisions += self.rollout_buffer.discard_pending()
             self._reset_episode_tracking()
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if not is_main_process():  # logging happens on rank 0 only
+            from stable_baselines3.common.logger import Logger
+
+            self.set_logger(Logger(folder=None, output_formats=[]))
+            progress_bar = False
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        self._synchronise_replicas()
+        return result
+
+    # ------------------------------------------------------------------------------------------- data parallel
+    @property
+    def global_n_envs(self) -> int:
+        """Envs of all data-parallel ranks (``n_envs`` times the number of ranks; ``n_envs`` without a process group):
+        one iteration makes ``n_steps·global_n_envs`` env steps, which ``num_timesteps`` and the schedules count."""
+        return self.n_envs * get_world_size()
+
+    def _replicated_tensors(self) -> list[th.Tensor]:
+        """State that must be identical on every rank besides the policy (StepNFT adds its EMA weights)."""
+        return []
+
+    def _synchronise_replicas(self) -> None:
+        """In a process group: the policy (every parameter and buffer) and :meth:`_replicated_tensors` from rank 0, so
+        that all replicas start ``learn`` identical. The optimiser state is not sent: it is identical already (empty,
+        or loaded from the same checkpoint) and stays so, since every rank applies the same averaged gradient."""
+        if is_distributed():
+            broadcast_module(self.policy)
+            broadcast_tensors(self._replicated_tensors())
 
     def _env_will_reset(self, reset_num_timesteps: bool) -> bool:
         """Whether SB3's ``_setup_learn`` is about to reset the env from outside (every running episode is lost)."""
@@ -339,8 +395,14 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     def save(self, path, exclude=None, include=None) -> None:
         """SB3's ``save``, written to a temporary file first: a failed save never leaves a half-written file.
 
+        In a data-parallel process group only rank 0 writes (the replicas are identical); other ranks return without
+        writing, and no collective is made, so calling it on rank 0 alone is fine. Before another rank reads the file,
+        call ``torch.distributed.barrier()`` on every rank.
+
         The stored ``policy_kwargs`` are made portable by the policy (a VLA's backbone given by name or directory is
         stored as its config: ``load`` rebuilds it offline and fills in the saved weights)."""
+        if not is_main_process():
+            return
         given = self.policy_kwargs
         portable = getattr(self.policy, "portable_policy_kwargs", None)
         if portable is not None:
@@ -495,7 +557,12 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     def train(self) -> None:
         """The one update loop: ``n_epochs`` passes of shuffled minibatches over this iteration's labelled decisions,
         one :func:`~sb3_stepnft.common.optim.optimizer_step` of the algorithm's :meth:`_loss` each, then
-        :meth:`_after_update`. An iteration without labelled decisions makes no step but still logs (§3.1)."""
+        :meth:`_after_update`. An iteration without labelled decisions makes no step but still logs (§3.1).
+
+        Data-parallel (a process group): ``batch_size`` is per rank; the gradients of every minibatch are averaged over
+        the ranks (weighted by their minibatch sizes) before the clip and the step. All ranks make the same number of
+        steps, the most minibatches of any rank: a rank with fewer labelled decisions makes its extra steps with an
+        empty minibatch (zero weight), so an uneven end never leaves ranks waiting for each other."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         data = self._training_data()
@@ -503,24 +570,29 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._labelled_in_learn = getattr(self, "_labelled_in_learn", 0) + n_decisions
         self._before_update(data)
         stats = RunningMeans()
-        if n_decisions:
+        n_minibatches = max_over_ranks(math.ceil(n_decisions / self.batch_size))  # one collective per iteration
+        if n_minibatches:
+            parameters = list(self.policy.trainable_parameters())
             for _ in range(self.n_epochs):
                 permutation = th.randperm(n_decisions).numpy()
-                for start in range(0, n_decisions, self.batch_size):
+                for start in range(0, n_minibatches * self.batch_size, self.batch_size):
                     index = permutation[start : start + self.batch_size]
-                    batch = self.decision_type.from_batch(self.rollout_buffer.to_torch(data, index))
-                    loss, step_stats = self._loss(batch, index)
-                    step_stats["loss"] = optimizer_step(
+                    step_stats: dict[str, float] = {}
+                    loss = optimizer_step(
                         self.policy.optimizer,
-                        loss,
-                        self.policy.trainable_parameters(),
+                        self._minibatch_losses(data, index, step_stats),
+                        parameters,
                         self.max_grad_norm,
                         self._describe_non_finite,
+                        partial(average_gradients, weight=len(index)) if is_distributed() else None,
                     )
-                    stats.add(step_stats)
+                    if len(index):
+                        step_stats["loss"] = loss
+                        stats.add(step_stats)
             self._n_updates += self.n_epochs
-            loss_key, sample_key = self.divergence_keys
-            check_divergence(self, loss=stats.means().get(loss_key), samples=data[sample_key])
+            if n_decisions:
+                loss_key, sample_key = self.divergence_keys
+                check_divergence(self, loss=stats.means().get(loss_key), samples=data[sample_key])
         self._after_update(data)
 
         for key, value in stats.means().items():
@@ -531,6 +603,24 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.logger.record("train/discarded_decisions", self.discarded_decisions)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self._log_training(data)
+
+    def _minibatch_losses(
+        self, data: dict[str, Any] | None, index: np.ndarray, step_stats: dict[str, float]
+    ) -> Iterator[tuple[th.Tensor, float]]:
+        """The losses of one minibatch as ``gradient_accumulation_steps`` micro-batches, each with its share of the
+        minibatch as weight, computed one at a time (:func:`~sb3_stepnft.common.optim.optimizer_step` backpropagates
+        each before asking for the next). Their statistics are averaged into ``step_stats`` with the same weights.
+        An empty ``index`` (a data-parallel rank without data for this step) yields nothing."""
+        if not len(index):
+            return
+        n_parts = min(getattr(self, "gradient_accumulation_steps", 1), len(index))
+        for part in np.array_split(index, n_parts):
+            weight = 1.0 if n_parts == 1 else len(part) / len(index)
+            batch = self.decision_type.from_batch(self.rollout_buffer.to_torch(data, part))
+            loss, part_stats = self._loss(batch, part)
+            for key, value in part_stats.items():
+                step_stats[key] = step_stats.get(key, 0.0) + weight * float(value)
+            yield loss, weight
 
     def _describe_non_finite(self, loss: float) -> str:
         return f"{type(self).__name__} loss is {loss} at update {self._n_updates}. {self._non_finite_hint}"
@@ -561,7 +651,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
                 actions = self.policy.to_env_units(normalised).cpu().numpy()
             clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
-            self.num_timesteps += env.num_envs
+            self.num_timesteps += env.num_envs * get_world_size()  # global env steps (all data-parallel ranks)
 
             fields = {key: value.cpu().numpy() for key, value in record.items()}
             with th.no_grad():
@@ -574,14 +664,22 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             # Give access to local variables (SB3 names: new_obs, rewards, dones, infos, actions)
             callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                return self._all_ranks_continue(False)
             self._update_info_buffer(infos, dones)
             n_steps += 1
 
         self._label_rollout(rollout_buffer)
         callback.update_locals(locals())
         callback.on_rollout_end()
-        return True
+        return self._all_ranks_continue(True)
+
+    def _all_ranks_continue(self, continue_training: bool) -> bool:
+        """Data-parallel: training goes on only if no rank's callback stopped it (one small all-reduce per rollout), so
+        a callback that stops one rank (e.g. ``StopTrainingOnRewardThreshold`` on rank 0) stops them all instead of
+        leaving the others waiting in the next update."""
+        if not is_distributed():
+            return continue_training
+        return max_over_ranks(int(not continue_training)) == 0
 
     def _executed_rows(self, infos: list[dict[str, Any]]) -> np.ndarray:
         """``(n_envs, H)`` mask of the chunk rows that ran (``info["env_steps"]`` from ``ActionChunk``)."""

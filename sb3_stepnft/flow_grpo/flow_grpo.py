@@ -55,6 +55,8 @@ class FlowGRPO(FlowPolicyGradient):
     :param seed: Seed of the random generators (the initial states of the groups come from the env's GroupSeed).
     :param device: Torch device.
     :param _init_setup_model: Whether to build the networks at construction.
+    :param gradient_accumulation_steps: Micro-batches per minibatch whose gradients are accumulated before the one
+        optimiser step (less activation memory, the same step within float tolerance).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class FlowGRPO(FlowPolicyGradient):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        gradient_accumulation_steps: int = 1,
     ):
         if isinstance(group_size, bool) or int(group_size) != group_size:
             raise ValueError(f"group_size must be an integer >= 2, got {group_size!r}")
@@ -113,6 +116,7 @@ class FlowGRPO(FlowPolicyGradient):
             verbose=verbose,
             seed=seed,
             device=device,
+            gradient_accumulation_steps=gradient_accumulation_steps,
             _init_setup_model=False,
         )
         # Group constraints only where training needs them: load(path, env=one_env) builds the model with

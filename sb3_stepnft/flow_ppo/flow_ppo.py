@@ -1,5 +1,6 @@
 """Flow-SDE + PPO: the πRL actor-critic baseline for flow policies (ALGORITHM.md §4)."""
 
+import math
 from typing import Any
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
+from sb3_stepnft.common.distributed import is_distributed, sum_over_ranks
 from sb3_stepnft.common.on_policy import check_positive
 from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.policy_gradient import FlowPolicyGradient, check_schedule_or_positive
@@ -51,6 +53,8 @@ class FlowPPO(FlowPolicyGradient):
     :param seed: Seed of the random generators.
     :param device: Torch device.
     :param _init_setup_model: Whether to build the networks at construction.
+    :param gradient_accumulation_steps: Micro-batches per minibatch whose gradients are accumulated before the one
+        optimiser step (less activation memory, the same step within float tolerance).
     """
 
     decision_type = PPODecisions
@@ -84,6 +88,7 @@ class FlowPPO(FlowPolicyGradient):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        gradient_accumulation_steps: int = 1,
     ):
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
@@ -124,6 +129,7 @@ class FlowPPO(FlowPolicyGradient):
             verbose=verbose,
             seed=seed,
             device=device,
+            gradient_accumulation_steps=gradient_accumulation_steps,
             _init_setup_model=_init_setup_model,
         )
 
@@ -180,11 +186,26 @@ class FlowPPO(FlowPolicyGradient):
     # ------------------------------------------------------------------------------------------------- train
     def _training_data(self) -> dict[str, Any] | None:
         data = self.rollout_buffer.pop_labelled()
+        if is_distributed():
+            return self._normalise_over_ranks(data)
         if data is not None:
             # Normalised over the whole rollout, not per minibatch (πRL: unbiased torch.std + 1e-5); returns are not.
             advantages = data["label"].astype(np.float64)
             std = advantages.std(ddof=1) if len(advantages) > 1 else 0.0
             data["label"] = ((advantages - advantages.mean()) / (std + ADVANTAGE_EPS)).astype(np.float32)
+        return data
+
+    def _normalise_over_ranks(self, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Data-parallel: the advantages are normalised with the mean and unbiased std of the rollouts of *all* ranks
+        (one all-reduce of count, sum and sum of squares), so N ranks normalise as one process with N times the envs
+        would. Every rank takes part, also one without data."""
+        advantages = np.zeros(0) if data is None else data["label"].astype(np.float64)
+        count, total, squares = sum_over_ranks([len(advantages), advantages.sum(), (advantages**2).sum()])
+        if data is None or count == 0:
+            return data
+        mean = total / count
+        std = math.sqrt(max(squares - count * mean**2, 0.0) / (count - 1)) if count > 1 else 0.0
+        data["label"] = ((advantages - mean) / (std + ADVANTAGE_EPS)).astype(np.float32)
         return data
 
     def _extra_loss(self, batch: PPODecisions, features, stats: dict[str, float]) -> th.Tensor:

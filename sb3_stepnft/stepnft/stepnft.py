@@ -65,6 +65,8 @@ class StepNFT(FlowOnPolicyAlgorithm):
     :param seed: Seed of the random generators.
     :param device: Torch device.
     :param _init_setup_model: Whether to build the networks at construction.
+    :param gradient_accumulation_steps: Micro-batches per minibatch whose gradients are accumulated before the one
+        optimiser step (less activation memory, the same step within float tolerance).
     """
 
     _exploration_hint = "Set `sampler` and `noise_level` instead."
@@ -104,6 +106,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        gradient_accumulation_steps: int = 1,
     ):
         for name, value, allowed in (
             ("objective", objective, OBJECTIVES),
@@ -174,6 +177,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
             verbose=verbose,
             seed=seed,
             device=device,
+            gradient_accumulation_steps=gradient_accumulation_steps,
             _init_setup_model=_init_setup_model,
         )
 
@@ -208,6 +212,9 @@ class StepNFT(FlowOnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "ema"]
 
+    def _replicated_tensors(self) -> list[th.Tensor]:
+        return list(self.ema.shadow.values())  # θ_old, broadcast from rank 0 with the policy (data-parallel)
+
     @property
     def weighting(self) -> str:
         return "adaptive" if self.sampler == "ode" else "variance"
@@ -224,10 +231,10 @@ class StepNFT(FlowOnPolicyAlgorithm):
     def ema_schedule_horizon(self, total_timesteps: int) -> int:
         """T of the cosine schedule for a run planned to end at ``total_timesteps`` env steps: ``ema_horizon`` when
         set, else ``ceil(ema_horizon_ratio · ceil(total_timesteps / (n_steps·n_envs)))`` (ALGORITHM.md §3.5, the
-        authors' effective schedule)."""
+        authors' effective schedule; data-parallel: the envs of all ranks, ``global_n_envs``)."""
         if self.ema_horizon is not None:
             return int(self.ema_horizon)
-        iterations = max(1, math.ceil(total_timesteps / (self.n_steps * self.n_envs)))
+        iterations = max(1, math.ceil(total_timesteps / (self.n_steps * self.global_n_envs)))  # all ranks' steps
         return max(1, math.ceil(self.ema_horizon_ratio * iterations))
 
     def current_ema_decay(self) -> float:

@@ -1,0 +1,397 @@
+"""The benchmark suite: StepNFT next to FlowPPO, FlowGRPO and the Gaussian references, task by task, at defaults.
+
+Tasks (``--tasks``):
+
+- ``point_reach``: PointReach (sparse success, 12-step episodes), MlpPolicy, pretrained on 40 demonstrations with 30%
+  wandering ones (the package's demonstrator).
+- ``lang_reach``: LangReach, a language-conditioned task; FlowVLAPolicy with a tiny PaliGemma (frozen) and a shared
+  action expert (benchmarks/vla_langreach.py's model and pretraining: 200 epochs at lr 1e-3), chunks of 4; pretrained
+  on 40 imperfect demonstrations. No
+  Gaussian reference: SB3 has no policy for a frozen VLM backbone.
+- ``push_cube`` / ``pick_cube``: ManiSkill3 PushCube-v1 / PickCube-v1, state observations, ``pd_ee_delta_pos``, chunks
+  of 8, 10 motion-planned demonstrations (``generate_demonstrations``, cached under ``<out>/tmp/demos``), observation
+  normalisation and action bounds from the demonstrations, episodes of 1.5x the mean demonstration length.
+
+Algorithms: StepNFT, FlowPPO and FlowGRPO start from the **same pretrained flow policy per seed** (``pretrain`` at its
+defaults; weights copied with ``set_parameters``) and run at **their defaults** except ``n_steps`` (``--n-steps``,
+default 128, the flow algorithms' default) and FlowGRPO's grouped envs; SB3 PPO and sb3-contrib TRPO start from
+scratch with their SB3 defaults except ``n_steps``. 8 envs each, the same number of decisions (``learn``'s
+``total_timesteps``) and so the same budget of underlying env steps (every algorithm acts in the same chunked env;
+the table reports the env steps each actually used). Success: ``evaluate_success`` (``deterministic=False``: the
+paper's protocol, seeded from 10_000 + seed, never used for tuning) every ``--eval-every`` env steps and at the end.
+Reported: mean ± std over seeds of the success at step 0, at the end and the gain, env steps to reach
+``--threshold`` (of the mean curve), wall time; curves (mean ± std band) as PNG; the command.
+
+    python benchmarks/suite.py --quick                          # minutes: 1 seed, small budgets, runs/suite/
+    python benchmarks/suite.py                                  # the full suite (hours on 2 cores)
+    python benchmarks/suite.py --tasks point_reach --seeds 0 1 2 --out benchmarks/results   # rewrite tracked results
+
+ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
+"""
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+ALGOS = ["StepNFT", "FlowPPO", "FlowGRPO", "PPO", "TRPO"]
+FLOW = ("StepNFT", "FlowPPO", "FlowGRPO")
+N_ENVS = 8
+GROUP_SIZE = 8  # FlowGRPO's default
+EVAL_SEED = 10_000
+
+
+def algorithm(name: str):
+    import sb3_contrib
+    import stable_baselines3
+
+    import sb3_stepnft
+
+    return {"PPO": stable_baselines3.PPO, "TRPO": sb3_contrib.TRPO}.get(name) or getattr(sb3_stepnft, name)
+
+
+@dataclass
+class Task:
+    """How the suite builds one task: envs, the flow policy, its pretraining data and its budgets."""
+
+    name: str
+    title: str
+    chunk: int  # env steps per decision (ActionChunk rows); every algorithm acts in the same chunked env
+    env_steps: int  # full budget in underlying env steps per run
+    quick_env_steps: int
+    gaussian_references: bool = True
+    pretrain_kwargs: dict | None = None  # None: pretrain's defaults
+
+    # ---------------------------------------------------------------------------------------- per task hooks
+    def prepare(self, out: str, quick: bool) -> dict:
+        """Once, in the main process (e.g. motion planning); returns what the workers need (picklable)."""
+        return {}
+
+    def make_env(self, algo: str, n_envs: int, seed: int, context: dict):
+        raise NotImplementedError
+
+    def policy(self, algo: str) -> tuple:
+        """``(policy, policy_kwargs)`` of ``algo`` on this task."""
+        return "MlpPolicy", None
+
+    def demonstrations(self, seed: int, context: dict):
+        raise NotImplementedError
+
+
+class PointReachTask(Task):
+    def make_env(self, algo, n_envs, seed, context):
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_stepnft.envs import PointReachEnv, make_grouped_vec_env
+
+        if algo == "FlowGRPO":
+            return make_grouped_vec_env(PointReachEnv, n_envs // GROUP_SIZE, GROUP_SIZE, seed=seed)
+        return make_vec_env(PointReachEnv, n_envs=n_envs, seed=seed)
+
+    def demonstrations(self, seed, context):
+        from sb3_stepnft.envs import collect_demonstrations
+
+        return collect_demonstrations(40, seed=seed)[0]
+
+
+class LangReachTask(Task):
+    MAX_LENGTH = 24
+
+    def _env_kwargs(self):
+        from transformers import ByT5Tokenizer
+
+        return dict(tokenizer=ByT5Tokenizer(), max_length=self.MAX_LENGTH, chunk_size=self.chunk)
+
+    def make_env(self, algo, n_envs, seed, context):
+        from stable_baselines3.common.env_util import make_vec_env
+
+        from sb3_stepnft.envs import make_grouped_vec_env
+        from sb3_stepnft.envs.lang_reach import make_lang_reach_env
+
+        if algo == "FlowGRPO":
+            return make_grouped_vec_env(
+                make_lang_reach_env, n_envs // GROUP_SIZE, GROUP_SIZE, seed=seed, env_kwargs=self._env_kwargs()
+            )
+        return make_vec_env(make_lang_reach_env, n_envs=n_envs, seed=seed, env_kwargs=self._env_kwargs())
+
+    def policy(self, algo):
+        from sb3_stepnft.vla import FlowVLAPolicy
+        from sb3_stepnft.vla.testing import tiny_paligemma_config
+
+        kwargs = dict(vlm=tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400), expert="shared", expert_width=32)
+        return FlowVLAPolicy, kwargs
+
+    def demonstrations(self, seed, context):
+        from sb3_stepnft.envs.lang_reach import collect_demonstrations
+
+        kwargs = self._env_kwargs()
+        return collect_demonstrations(
+            40, seed=seed, imperfect_fraction=0.3, tokenizer=kwargs["tokenizer"], max_length=self.MAX_LENGTH
+        )[0]
+
+
+class ManiSkillTask(Task):
+    env_id = ""
+
+    def prepare(self, out, quick):
+        from sb3_stepnft.envs.maniskill_demos import demo_action_bounds, generate_demonstrations
+
+        demos, stats = generate_demonstrations(self.env_id, 10, out_dir=os.path.join(out, "tmp", "demos"))
+        return dict(demos=demos, bounds=demo_action_bounds(demos), max_episode_steps=stats["recommended_max_episode_steps"])
+
+    def make_env(self, algo, n_envs, seed, context):
+        from sb3_stepnft.envs import make_maniskill_env
+        from sb3_stepnft.envs.maniskill_demos import normalize_like_demos
+
+        env = make_maniskill_env(
+            self.env_id,
+            num_envs=n_envs,
+            seed=seed,
+            max_episode_steps=context["max_episode_steps"],
+            chunk_size=self.chunk,
+            action_bounds=context["bounds"],
+            group_size=GROUP_SIZE if algo == "FlowGRPO" else None,
+        )
+        return normalize_like_demos(env, context["demos"])
+
+    def demonstrations(self, seed, context):
+        return context["demos"]
+
+
+class PushCubeTask(ManiSkillTask):
+    env_id = "PushCube-v1"
+
+
+class PickCubeTask(ManiSkillTask):
+    env_id = "PickCube-v1"
+
+
+TASKS = {
+    "point_reach": PointReachTask("point_reach", "PointReach", chunk=1, env_steps=100_000, quick_env_steps=20_000),
+    "lang_reach": LangReachTask(
+        "lang_reach",
+        "LangReach (tiny VLA)",
+        chunk=4,
+        env_steps=80_000,
+        quick_env_steps=16_000,
+        gaussian_references=False,
+        pretrain_kwargs=dict(epochs=200, learning_rate=1e-3),  # benchmarks/vla_langreach.py's pretraining
+    ),
+    "push_cube": PushCubeTask("push_cube", "ManiSkill PushCube (state)", chunk=8, env_steps=100_000, quick_env_steps=16_000),
+    "pick_cube": PickCubeTask("pick_cube", "ManiSkill PickCube (state)", chunk=8, env_steps=100_000, quick_env_steps=16_000),
+}
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+def pretrained_state(job) -> dict:
+    """The flow policy pretrained once per (task, seed); StepNFT is only its carrier."""
+    import torch as th
+
+    th.set_num_threads(1)
+    from sb3_stepnft.sft import pretrain
+
+    task, seed, context = job
+    policy, policy_kwargs = task.policy("StepNFT")
+    env = task.make_env("StepNFT", 1, seed, context)
+    model = algorithm("StepNFT")(policy, env, policy_kwargs=policy_kwargs, seed=seed)
+    pretrain(model, task.demonstrations(seed, context), seed=seed, **(task.pretrain_kwargs or {}))
+    env.close()
+    return {name: tensor.clone() for name, tensor in model.policy.state_dict().items()}
+
+
+def run_one(job) -> list[dict]:
+    import torch as th
+
+    th.set_num_threads(1)
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from sb3_stepnft.common.evaluation import evaluate_success
+
+    task, algo, seed, decisions, eval_every, n_eval, n_steps, context, state = job
+    cls = algorithm(algo)
+    env = task.make_env(algo, N_ENVS, 1_000 + seed, context)
+    policy, policy_kwargs = task.policy(algo) if algo in FLOW else ("MlpPolicy", None)
+    model = cls(policy, env, policy_kwargs=policy_kwargs, seed=seed, n_steps=n_steps)
+    if state is not None:
+        model.set_parameters({"policy": state}, exact_match=False)  # FlowPPO's value head stays fresh
+    eval_env = task.make_env("eval", 1, EVAL_SEED + seed, context)
+    rows: list[dict] = []
+    clock = {"start": time.time(), "eval": 0.0, "env_steps": 0}
+
+    def evaluate():
+        start = time.time()
+        result = evaluate_success(model, eval_env, n_eval_episodes=n_eval, seed=EVAL_SEED + seed)
+        clock["eval"] += time.time() - start
+        rows.append(
+            dict(
+                task=task.name,
+                algo=algo,
+                seed=seed,
+                decisions=model.num_timesteps,
+                env_steps=clock["env_steps"],
+                success_rate=result["success_rate"],
+                train_time=time.time() - clock["start"] - clock["eval"],
+            )
+        )
+
+    class Curve(BaseCallback):
+        """Counts underlying env steps (``info["env_steps"]`` of ActionChunk) and evaluates every ``eval_every``."""
+
+        next_eval = 0
+
+        def _on_rollout_start(self) -> None:  # after the previous update
+            if clock["env_steps"] >= self.next_eval:
+                evaluate()
+                self.next_eval = clock["env_steps"] + eval_every
+
+        def _on_step(self) -> bool:
+            clock["env_steps"] += sum(int(info.get("env_steps", 1)) for info in self.locals["infos"])
+            return True
+
+        def _on_training_end(self) -> None:
+            if rows[-1]["decisions"] != self.model.num_timesteps:
+                evaluate()
+
+    model.learn(decisions, callback=Curve())
+    env.close()
+    eval_env.close()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def steps_to(curve_steps: np.ndarray, curve: np.ndarray, threshold: float) -> str:
+    reached = np.nonzero(curve >= threshold)[0]
+    return f"{int(curve_steps[reached[0]])}" if len(reached) else "not reached"
+
+
+def mean_curve(rows: list[dict], task: str, algo: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Success against env steps, mean and std over seeds (each seed's curve interpolated on a common grid)."""
+    seeds = sorted({r["seed"] for r in rows if r["task"] == task and r["algo"] == algo})
+    curves = [[(r["env_steps"], r["success_rate"]) for r in rows if (r["task"], r["algo"], r["seed"]) == (task, algo, s)]
+              for s in seeds]  # fmt: skip
+    grid = np.array(sorted({step for curve in curves for step, _ in curve}))
+    values = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def report(rows: list[dict], args, command: str, out: str) -> str:
+    lines = [f"Command: `{command}`", ""]
+    lines.append(
+        f"{N_ENVS} envs, n_steps={args.n_steps} for every algorithm, seeds {args.seeds}; success over {args.n_eval} "
+        f"episodes with `evaluate_success(deterministic=False)` on evaluation seeds from {EVAL_SEED}. Flow algorithms "
+        "start from the same pretrained flow policy per seed and run at their defaults; PPO/TRPO (Gaussian MlpPolicy, "
+        f"SB3 defaults) from scratch. Mean ± std over seeds. Steps to {args.threshold}: first evaluation at which the "
+        "mean curve reaches it. Train time excludes evaluations."
+    )
+    for task_name in dict.fromkeys(r["task"] for r in rows):
+        task = TASKS[task_name]
+        lines += ["", f"### {task.title}", "", f"Chunk {task.chunk} env steps per decision.", ""]
+        lines += [
+            f"| algorithm | start | success at step 0 | final success | gain | env steps | steps to {args.threshold} "
+            "| train time (s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for algo in dict.fromkeys(r["algo"] for r in rows if r["task"] == task_name):
+            per_seed: dict[int, list[dict]] = {}
+            for r in rows:
+                if (r["task"], r["algo"]) == (task_name, algo):
+                    per_seed.setdefault(r["seed"], []).append(r)
+            first = np.array([v[0]["success_rate"] for v in per_seed.values()])
+            last = np.array([v[-1]["success_rate"] for v in per_seed.values()])
+            steps = int(np.mean([v[-1]["env_steps"] for v in per_seed.values()]))
+            grid, mean, _ = mean_curve(rows, task_name, algo)
+            lines.append(
+                f"| {algo} | {'pretrained' if algo in FLOW else 'scratch'} | {first.mean():.3f} ± {first.std():.3f} | "
+                f"{last.mean():.3f} ± {last.std():.3f} | {(last - first).mean():+.3f} ± {(last - first).std():.3f} | "
+                f"{steps} | {steps_to(grid, mean, args.threshold)} | "
+                f"{np.mean([v[-1]['train_time'] for v in per_seed.values()]):.0f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    return text
+
+
+def plot(rows: list[dict], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task_name in zip(axes[0], tasks):
+        for algo in dict.fromkeys(r["algo"] for r in rows if r["task"] == task_name):
+            grid, mean, std = mean_curve(rows, task_name, algo)
+            ax.plot(grid, mean, label=algo)
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        ax.set_title(TASKS[task_name].title)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("success rate (deterministic=False)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: per task)")
+    parser.add_argument("--eval-every", type=int, default=None, help="env steps (default: budget / 10; --quick: / 4)")
+    parser.add_argument("--n-eval", type=int, default=None, help="episodes per evaluation (default 200; --quick: 50)")
+    parser.add_argument("--n-steps", type=int, default=128, help="decisions per env per iteration, every algorithm")
+    parser.add_argument("--threshold", type=float, default=0.8, help="success for the steps-to-threshold column")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="1 seed, small budgets: minutes on 2 cores")
+    parser.add_argument("--out", default=os.path.join("runs", "suite"), help="folder (benchmarks/results: tracked)")
+    args = parser.parse_args()
+    args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    args.n_eval = args.n_eval or (50 if args.quick else 200)
+    os.makedirs(args.out, exist_ok=True)
+    name = "suite" + ("_quick" if args.quick else "") + ("" if args.tasks == list(TASKS) else "_" + "_".join(args.tasks))
+    out = os.path.join(args.out, name)  # e.g. suite.md, suite_quick.md, suite_point_reach.md
+    command = " ".join(["python benchmarks/suite.py", *sys.argv[1:]])
+
+    contexts = {name: TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
+    jobs, pretrain_jobs = [], []
+    for name in args.tasks:
+        task = TASKS[name]
+        budget = args.env_steps or (task.quick_env_steps if args.quick else task.env_steps)
+        eval_every = args.eval_every or budget // (4 if args.quick else 10)
+        for seed in args.seeds:
+            if any(a in FLOW for a in args.algos):
+                pretrain_jobs.append((task, seed, contexts[name]))
+            for algo in args.algos:
+                if algo not in FLOW and not task.gaussian_references:
+                    continue
+                jobs.append([task, algo, seed, budget // task.chunk, eval_every, args.n_eval, args.n_steps, contexts[name]])
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
+        for job in jobs:
+            job.append(states.get((job[0].name, job[2])) if job[1] in FLOW else None)
+        rows = [row for result in pool.imap_unordered(run_one, [tuple(j) for j in jobs]) for row in result]
+    order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in args.algos)}
+    rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
+    with open(out + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(report(rows, args, command, out))
+    plot(rows, out)
+    print(f"wrote {out}.csv, {out}.md, {out}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks/suite.py: one tiny run per algorithm family on PointReach, its table and its curves."""
+
+import importlib.util
+import os
+import types
+
+import pytest
+
+SUITE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "suite.py")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    spec = importlib.util.spec_from_file_location("suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_suite_runs_flow_and_gaussian_algorithms_on_one_budget_and_reports(suite, tmp_path):
+    task = suite.TASKS["point_reach"]
+    state = suite.pretrained_state((task, 0, {}))
+    rows = []
+    for algo in ("StepNFT", "PPO"):
+        decisions = 2 * suite.N_ENVS * 64  # two iterations of n_steps=64
+        rows += suite.run_one((task, algo, 0, decisions, 512, 5, 64, {}, state if algo in suite.FLOW else None))
+    for algo in ("StepNFT", "PPO"):
+        curve = [r for r in rows if r["algo"] == algo]
+        assert curve[0]["env_steps"] == 0 and curve[-1]["decisions"] == 2 * suite.N_ENVS * 64
+        assert curve[-1]["env_steps"] == curve[-1]["decisions"]  # chunk 1: one env step per decision
+        assert all(0.0 <= r["success_rate"] <= 1.0 for r in curve)
+    # the flow algorithm starts from the pretrained policy, PPO from scratch: PointReach's pretrained policy succeeds
+    assert rows[0]["success_rate"] > 0.0
+    args = types.SimpleNamespace(n_steps=64, seeds=[0], n_eval=5, threshold=0.8)
+    out = str(tmp_path / "suite")
+    text = suite.report(rows, args, "python benchmarks/suite.py --test", out)
+    suite.plot(rows, out)
+    assert "Command: `python benchmarks/suite.py --test`" in text
+    assert "| StepNFT | pretrained |" in text and "| PPO | scratch |" in text
+    assert os.path.getsize(out + ".png") > 1000
+
+
+def test_steps_to_threshold(suite):
+    import numpy as np
+
+    assert suite.steps_to(np.array([0, 10, 20]), np.array([0.1, 0.85, 0.9]), 0.8) == "10"
+    assert suite.steps_to(np.array([0, 10]), np.array([0.1, 0.2]), 0.8) == "not reached"
