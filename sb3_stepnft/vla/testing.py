@@ -19,7 +19,6 @@ def tiny_paligemma_config(image_size: int = 64, patch_size: int = 16, vocab_size
             num_attention_heads=2,
             image_size=image_size,
             patch_size=patch_size,
-            vision_use_head=False,  # PaliGemma's SigLIP has no pooling head (π0 checkpoints have none)
         ).to_dict(),
         text_config=transformers.GemmaConfig(
             hidden_size=64,

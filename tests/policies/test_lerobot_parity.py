@@ -27,6 +27,13 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 TOLERANCE = 1e-4
 
 
+def tiny_vlm():
+    """The tiny PaliGemma of the fixtures; PaliGemma's SigLIP has no pooling head (π0 checkpoints have none)."""
+    config = tiny_paligemma_config(image_size=16, patch_size=8)
+    config.vision_config.vision_use_head = False
+    return config
+
+
 def spaces_of(io):
     tokens = io["tokens"].shape[1]
     observation_space = spaces.Dict(
@@ -45,7 +52,7 @@ def load(path, io, **kwargs):
             path,
             observation_space,
             action_space,
-            vlm_config=tiny_paligemma_config(image_size=16, patch_size=8),
+            vlm_config=tiny_vlm(),
             num_denoise_steps=io["num_steps"],
             **kwargs,
         )
@@ -88,7 +95,7 @@ def test_unprefixed_openpi_layout_and_variant_errors(tmp_path):
     assert_reproduces(load(tmp_path / "openpi", io), io)
 
     observation_space, action_space = spaces_of(io)
-    vlm = tiny_paligemma_config(image_size=16, patch_size=8)
+    vlm = tiny_vlm()
     with pytest.raises(ValueError, match="π0.5 checkpoint, not π0: use from_pi05"):
         FlowVLAPolicy.from_pi0(DATA / "lerobot_pi05", observation_space, action_space, vlm_config=vlm)
     with pytest.raises(ValueError, match="π0 checkpoint, not π0.5"):
@@ -111,7 +118,7 @@ def test_norm_stats_openpi_and_lerobot_files(tmp_path):
     (directory / "assets" / "robot").mkdir(parents=True)
     stats = {"norm_stats": {"state": {"q01": q01, "q99": q99}, "actions": {"q01": [0.0] * 4, "q99": [10.0] * 4}}}
     (directory / "assets" / "robot" / "norm_stats.json").write_text(json.dumps(stats))
-    config = openpi_config(directory, vlm_config=tiny_paligemma_config(16, 8))
+    config = openpi_config(directory, vlm_config=tiny_vlm())
     assert config.variant == "pi05" and not config.state_in_prompt
     assert config.norm_stats["state"]["q99"] == q99
 
