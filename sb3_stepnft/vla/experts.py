@@ -75,13 +75,14 @@ class ActionExpertBase(nn.Module):
     def __init__(self, width: int, action_dim: int, state_dim: int, variant: str = "pi0"):
         super().__init__()
         self.width, self.variant = width, variant
+        if variant != "pi05":  # π0's creation order (and so its random initialisation) as before π0.5 existed
+            self.state_proj = nn.Linear(state_dim, width)
         self.action_in_proj = nn.Linear(action_dim, width)
         self.action_out_proj = nn.Linear(width, action_dim)
         if variant == "pi05":
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
         else:
-            self.state_proj = nn.Linear(state_dim, width)
             self.action_time_mlp_in = nn.Linear(2 * width, width)
             self.action_time_mlp_out = nn.Linear(width, width)
 
