@@ -30,11 +30,12 @@ MAX_LENGTH = 24
 IMAGE_SIZE = 16
 
 
-def vla_policy_kwargs(expert: str = "shared") -> dict:
+def vla_policy_kwargs(expert: str = "shared", variant: str = "pi0") -> dict:
     return dict(
         vlm=tiny_paligemma_config(image_size=IMAGE_SIZE, patch_size=8, vocab_size=400),
         expert=expert,
         expert_width=32,
+        variant=variant,
     )
 
 
@@ -54,7 +55,7 @@ def run(seed: int, args) -> dict:
         n_steps=args.n_steps,
         batch_size=args.batch_size,
         n_epochs=args.n_epochs,
-        policy_kwargs=vla_policy_kwargs(args.expert),
+        policy_kwargs=vla_policy_kwargs(args.expert, args.variant),
         seed=seed,
         ema_horizon_ratio=args.ema_horizon_ratio,
     )
@@ -106,6 +107,7 @@ def main(argv=None) -> None:
         "--ema-horizon-ratio", type=float, default=EMA_HORIZON_RATIO, help="EMA horizon / planned iterations (§3.5)"
     )
     parser.add_argument("--expert", default="shared", choices=("shared", "cross"))
+    parser.add_argument("--variant", default="pi0", choices=("pi0", "pi05"), help="π0 or π0.5 (AdaRMS) expert")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -168,6 +168,15 @@ class PaliGemmaAdapter(BackboneAdapter):
         out = self.vlm.model.get_image_features(pixels)
         return getattr(out, "pooler_output", out)
 
+    def embed_text(self, ids: th.Tensor) -> th.Tensor:
+        """Token embeddings × √width, as π0 / π0.5 (image features are not scaled). transformers >= 5.4 scales inside
+        Gemma's ``embed_tokens`` (``embed_scale``); a plain embedding is scaled here."""
+        embedding = self.language_model.get_input_embeddings()
+        embeds = embedding(ids)
+        if getattr(embedding, "embed_scale", None) is None:
+            embeds = embeds * th.tensor(self.hidden_size**0.5, dtype=embeds.dtype)
+        return embeds
+
 
 class SmolVLMAdapter(BackboneAdapter):
     """SmolVLM / Idefics3: vision model and pixel-shuffle connector called directly (``get_image_features`` would

@@ -17,6 +17,7 @@ import torch as th
 
 PREFIX_CACHE_MODES = ("auto", "buffer", "recompute")
 EXPERTS = ("shared", "cross")
+VARIANTS = ("pi0", "pi05")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,20 @@ class VLAConfig:
     :param prefix_cache_budget: Byte budget of ``"auto"`` (default 2 GB).
     :param freeze_vlm: Keep the VLM frozen and in eval mode (required for caching; the default).
     :param vlm_dtype: dtype of the VLM (e.g. ``torch.bfloat16`` on a GPU); the expert stays float32.
+    :param variant: ``"pi0"`` (a ``state_proj`` state token; the flow time enters through ``action_time_mlp_*``
+        mixed with each action token) or ``"pi05"`` (π0.5: no state token; the time goes through ``time_mlp_in/out``
+        into adaptive RMSNorms of the expert, which give a scale, shift and gate per norm; needs ``expert="shared"``).
+        :meth:`pi05` is the preset.
+    :param state_in_prompt: π0.5 only: the (normalised, 256-bin discretised) state is written into the prompt by
+        :class:`sb3_stepnft.vla.prompt.Pi05Prompt`; False for checkpoints trained without it (openpi's
+        ``pi05_libero``: ``discrete_state_input=False``). The expert never reads the state in π0.5.
+    :param expert_gradient_checkpointing: Recompute each layer of the shared expert in the backward pass instead of
+        keeping its activations (less memory per minibatch sample, about one more expert forward per update).
+    :param norm_stats: Normalisation statistics of a checkpoint (``dict(mode="mean_std", state=dict(mean=[...],
+        std=[...]), actions=dict(...))`` or ``mode="quantiles"`` with ``q01``/``q99``), as
+        :func:`sb3_stepnft.vla.pi0.load_norm_stats` reads them: the state is normalised before the policy reads it
+        (``(s - mean) / std`` or ``2 (s - q01) / (q99 - q01) - 1`` on its first dims) and the flow's [-1, 1] actions
+        map to ``mean ± std`` or ``[q01, q99]`` instead of the action space's bounds (SB3 still clips to them).
     """
 
     vlm: Any = None
@@ -63,8 +78,29 @@ class VLAConfig:
     prefix_cache_budget: float = 2e9
     freeze_vlm: bool = True
     vlm_dtype: th.dtype | None = None
+    variant: str = "pi0"
+    state_in_prompt: bool = True
+    norm_stats: dict[str, Any] | None = None
+    expert_gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        if self.expert_gradient_checkpointing and self.expert != "shared":
+            raise ValueError("expert_gradient_checkpointing is implemented for expert='shared' only")
+        if self.norm_stats is not None:
+            keys = {"mean_std": ("mean", "std"), "quantiles": ("q01", "q99")}.get(self.norm_stats.get("mode"))
+            if keys is None or any(k not in self.norm_stats.get(part, {}) for part in ("state", "actions") for k in keys):
+                raise ValueError(
+                    "norm_stats must be dict(mode='mean_std', state=dict(mean=..., std=...), actions=dict(mean=..., "
+                    f"std=...)) or mode='quantiles' with q01/q99, got keys {sorted(self.norm_stats)}"
+                )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown variant={self.variant!r}: use one of {VARIANTS}")
+        if self.variant == "pi05" and self.expert != "shared":
+            raise ValueError(
+                "variant='pi05' needs expert='shared': π0.5's adaptive RMSNorms live in the layers of the Gemma-style "
+                "expert that shares the VLM's keys/values. Use expert='shared' (or variant='pi0' with expert='cross')."
+            )
+        object.__setattr__(self, "state_in_prompt", bool(self.state_in_prompt))
         if self.expert not in EXPERTS:
             raise ValueError(f"Unknown expert={self.expert!r}: use one of {EXPERTS}")
         if self.prefix_cache not in PREFIX_CACHE_MODES:
@@ -78,6 +114,11 @@ class VLAConfig:
         object.__setattr__(self, "expert_heads", int(self.expert_heads))
         object.__setattr__(self, "prefix_cache_budget", float(self.prefix_cache_budget))
         object.__setattr__(self, "freeze_vlm", bool(self.freeze_vlm))
+
+    @classmethod
+    def pi05(cls, **fields) -> VLAConfig:
+        """The π0.5 preset: ``variant="pi05"``, ``expert="shared"``, plus the given fields."""
+        return cls(**{"variant": "pi05", "expert": "shared", **fields})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

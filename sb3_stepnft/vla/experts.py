@@ -7,7 +7,10 @@
   tokens attend to a linear projection of the prefix hidden states.
 
 Both experts carry π0's five heads, named as in π0 checkpoints: ``state_proj``, ``action_in_proj``,
-``action_out_proj``, ``action_time_mlp_in``, ``action_time_mlp_out``. ``transformers`` is imported at call time.
+``action_out_proj``, ``action_time_mlp_in``, ``action_time_mlp_out``. The π0.5 variant (shared expert only) has
+``action_in_proj``, ``action_out_proj``, ``time_mlp_in`` and ``time_mlp_out``, no state token, and replaces every
+RMSNorm of the expert (both per layer and the final one) by an :class:`AdaRMSNorm` conditioned on the time
+embedding, with gated residuals. ``transformers`` is imported at call time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import math
 import torch as th
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sb3_stepnft.vla.backbones import import_transformers
 
@@ -36,37 +40,89 @@ def sincos_time_embedding(t: th.Tensor, dim: int, min_period: float = 4e-3, max_
     return th.cat([th.sin(angles), th.cos(angles)], dim=-1).float()
 
 
-class ActionExpertBase(nn.Module):
-    """π0's heads around an expert trunk: state token, action-time tokens, velocity read-out."""
+class AdaRMSNorm(nn.Module):
+    """π0.5's adaptive RMSNorm: ``dense(cond)`` gives a scale, shift and gate per channel;
+    ``norm(x)·(1 + scale) + shift`` and the gate multiplies the residual branch the norm feeds
+    (``x + gate·f(norm(x))``).
 
-    def __init__(self, width: int, action_dim: int, state_dim: int):
+    Initialised so that a fresh π0.5 expert is a plain pre-norm Gemma expert: ``dense`` is zero except the gate's
+    bias, which is one (scale = shift = 0, gate = 1). LeRobot zero-initialises only ``dense.weight`` (its bias keeps
+    ``nn.Linear``'s random init); a loaded checkpoint overrides either.
+    """
+
+    def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6):
         super().__init__()
-        self.width = width
-        self.state_proj = nn.Linear(state_dim, width)
+        self.dim, self.eps = dim, eps
+        self.dense = nn.Linear(cond_dim, 3 * dim)
+        nn.init.zeros_(self.dense.weight)
+        with th.no_grad():
+            self.dense.bias.zero_()
+            self.dense.bias[2 * dim :] = 1.0
+
+    def forward(self, x: th.Tensor, cond: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """``(normalised x, gate)`` for ``x`` (B, L, dim) and ``cond`` (B, cond_dim); the variance in float32."""
+        variance = x.float().square().mean(dim=-1, keepdim=True)
+        normed = x * th.rsqrt(variance + self.eps)
+        scale, shift, gate = self.dense(cond)[:, None].chunk(3, dim=-1)
+        normed = normed * (1 + scale.float()) + shift.float()
+        return normed.to(x.dtype), gate.to(x.dtype)
+
+
+class ActionExpertBase(nn.Module):
+    """The heads around an expert trunk: π0's state token and action-time tokens, or π0.5's action tokens and
+    time condition; the velocity read-out."""
+
+    def __init__(self, width: int, action_dim: int, state_dim: int, variant: str = "pi0"):
+        super().__init__()
+        self.width, self.variant = width, variant
+        if variant != "pi05":  # π0's creation order (and so its random initialisation) as before π0.5 existed
+            self.state_proj = nn.Linear(state_dim, width)
         self.action_in_proj = nn.Linear(action_dim, width)
         self.action_out_proj = nn.Linear(width, action_dim)
-        self.action_time_mlp_in = nn.Linear(2 * width, width)
-        self.action_time_mlp_out = nn.Linear(width, width)
+        if variant == "pi05":
+            self.time_mlp_in = nn.Linear(width, width)
+            self.time_mlp_out = nn.Linear(width, width)
+        else:
+            self.action_time_mlp_in = nn.Linear(2 * width, width)
+            self.action_time_mlp_out = nn.Linear(width, width)
 
-    def suffix_embeddings(self, state: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> th.Tensor:
-        """``(B, 1 + H, width)``: the state token, then one action-time token per chunk row."""
+    @property
+    def has_state_token(self) -> bool:
+        return self.variant != "pi05"
+
+    def suffix_embeddings(self, state: th.Tensor, x_t: th.Tensor, t: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
+        """π0: ``(B, 1 + H, width)`` (the state token, then one action-time token per chunk row) and no condition.
+        π0.5: ``(B, H, width)`` action tokens and the ``(B, width)`` time condition of the AdaRMS norms."""
         dtype = self.action_in_proj.weight.dtype
-        state_token = self.state_proj(state.to(dtype))[:, None]
         actions = self.action_in_proj(x_t.to(dtype))
-        time = sincos_time_embedding(t, self.width).to(dtype)[:, None].expand(-1, actions.shape[1], -1)
+        time = sincos_time_embedding(t, self.width).to(dtype)
+        if self.variant == "pi05":
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time))))
+            return actions, cond
+        state_token = self.state_proj(state.to(dtype))[:, None]
+        time = time[:, None].expand(-1, actions.shape[1], -1)
         tokens = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(th.cat([actions, time], dim=-1))))
-        return th.cat([state_token, tokens], dim=1)
+        return th.cat([state_token, tokens], dim=1), None
 
     def forward(self, x_t, t, feats) -> th.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 class SharedAttentionExpert(ActionExpertBase):
-    """π0's action expert: a narrower copy of the VLM's text decoder attending to the prefix keys/values."""
+    """π0's action expert: a narrower copy of the VLM's text decoder attending to the prefix keys/values
+    (π0.5: with :class:`AdaRMSNorm` norms and gated residuals)."""
 
-    def __init__(self, text_config, width: int, action_dim: int, state_dim: int, intermediate_size: int | None = None):
+    def __init__(
+        self,
+        text_config,
+        width: int,
+        action_dim: int,
+        state_dim: int,
+        intermediate_size: int | None = None,
+        variant: str = "pi0",
+    ):
         transformers = import_transformers()
-        super().__init__(width, action_dim, state_dim)
+        super().__init__(width, action_dim, state_dim, variant)
         model_type = getattr(text_config, "model_type", None)
         if model_type not in SHARED_ATTENTION_TEXT_MODELS or getattr(text_config, "sliding_window", None):
             raise ValueError(
@@ -82,28 +138,73 @@ class SharedAttentionExpert(ActionExpertBase):
         config._attn_implementation = "sdpa"
         self.gemma = transformers.AutoModel.from_config(config)  # named as in π0 checkpoints, whatever the family
         self.gemma.embed_tokens = None
+        if variant == "pi05":
+            eps = float(getattr(config, "rms_norm_eps", 1e-6))
+            for layer in self.gemma.layers:
+                layer.input_layernorm = AdaRMSNorm(width, width, eps)
+                layer.post_attention_layernorm = AdaRMSNorm(width, width, eps)
+            self.gemma.norm = AdaRMSNorm(width, width, eps)
+        attention = self.gemma.layers[0].self_attn.forward
+        # transformers renamed `past_key_values` to `cache` (the old name is deprecated, removed in 5.40)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(attention).parameters else "past_key_values"
+        self.gradient_checkpointing = False
 
     def forward(self, x_t: th.Tensor, t: th.Tensor, feats) -> th.Tensor:
-        transformers = import_transformers()
-        suffix = self.suffix_embeddings(feats.state, x_t, t)
+        suffix, cond = self.suffix_embeddings(feats.state, x_t, t)
         batch, n_suffix = suffix.shape[:2]
         prefix_valid = feats.mask.bool()
         n_prefix = prefix_valid.shape[1]
-        # state token: prefix + itself; action tokens: prefix + state + all actions (π0's block mask [1, 1, 0, ...])
+        # π0: state token sees prefix + itself; action tokens see prefix + state + all actions (block mask [1, 1, 0, ...]).
+        # π0.5: action tokens see prefix + all actions ([1, 0, ...]).
         suffix_allowed = th.ones(n_suffix, n_suffix, dtype=th.bool, device=suffix.device)
-        suffix_allowed[0, 1:] = False
+        if self.has_state_token:
+            suffix_allowed[0, 1:] = False
         allowed = th.cat([prefix_valid[:, None, :].expand(-1, n_suffix, -1), suffix_allowed.expand(batch, -1, -1)], dim=2)
         mask = th.zeros(batch, 1, n_suffix, n_prefix + n_suffix, dtype=suffix.dtype, device=suffix.device)
         mask = mask.masked_fill(~allowed[:, None], th.finfo(suffix.dtype).min)
         positions = prefix_valid.long().sum(dim=1, keepdim=True) + th.arange(n_suffix, device=suffix.device)[None]
-        kv = feats.kv.to(suffix.dtype)
-        cache = transformers.DynamicCache(ddp_cache_data=[(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])])
-        # transformers renamed `past_key_values` to `cache` (the old name is deprecated, removed in 5.40)
-        cache_kwarg = "cache" if "cache" in inspect.signature(self.gemma.forward).parameters else "past_key_values"
-        out = self.gemma(
-            inputs_embeds=suffix, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache}
+        prefix = PrefixKeyValues(feats.kv.to(suffix.dtype))
+        hidden = suffix
+        position_embeddings = self.gemma.rotary_emb(hidden, positions)
+        checkpointing = self.gradient_checkpointing and th.is_grad_enabled()
+        for layer in self.gemma.layers:
+            args = (layer, hidden, cond, mask, positions, position_embeddings, prefix)
+            hidden = checkpoint(self._layer, *args, use_reentrant=False) if checkpointing else self._layer(*args)
+        hidden = self.gemma.norm(hidden) if cond is None else self.gemma.norm(hidden, cond)[0]
+        return self.action_out_proj(hidden[:, 1:] if self.has_state_token else hidden).float()
+
+    def _layer(self, layer, hidden, cond, mask, positions, position_embeddings, prefix) -> th.Tensor:
+        """One decoder layer of the expert over the suffix, attending to the prefix keys/values of that layer.
+        π0: the text model's own pre-norm layer; π0.5: AdaRMS norms and gated residuals ``x + gate·f(norm(x))``
+        (LeRobot's PiGemma layer). The attention, rotary embedding and MLP are the stock ``transformers`` modules."""
+        normed, gate = (layer.input_layernorm(hidden), None) if cond is None else layer.input_layernorm(hidden, cond)
+        attended, _ = layer.self_attn(
+            hidden_states=normed,
+            attention_mask=mask,
+            position_ids=positions,
+            position_embeddings=position_embeddings,
+            **{self._cache_kwarg: prefix},
         )
-        return self.action_out_proj(out.last_hidden_state[:, 1:]).float()
+        hidden = hidden + (attended if gate is None else attended * gate)
+        normed, gate = (
+            (layer.post_attention_layernorm(hidden), None) if cond is None else layer.post_attention_layernorm(hidden, cond)
+        )
+        out = layer.mlp(normed)
+        return hidden + (out if gate is None else out * gate)
+
+
+class PrefixKeyValues:
+    """The stored prefix keys/values as the cache a ``transformers`` attention layer expects: ``update`` returns the
+    prefix of that layer followed by the suffix's keys/values and changes nothing, so a layer can run twice (gradient
+    checkpointing recomputes it) and the stored features are never mutated."""
+
+    def __init__(self, kv: th.Tensor):
+        self.kv = kv  # (B, n_layers, 2, n_kv, L, head_dim)
+
+    def update(self, key_states: th.Tensor, value_states: th.Tensor, layer_idx: int, *args, **kwargs):
+        keys = th.cat([self.kv[:, layer_idx, 0], key_states], dim=2)
+        values = th.cat([self.kv[:, layer_idx, 1], value_states], dim=2)
+        return keys, values
 
 
 class CrossAttentionExpert(ActionExpertBase):
@@ -121,7 +222,7 @@ class CrossAttentionExpert(ActionExpertBase):
         self.decoder = nn.TransformerDecoder(layer, layers)
 
     def forward(self, x_t: th.Tensor, t: th.Tensor, feats) -> th.Tensor:
-        suffix = self.suffix_embeddings(feats.state, x_t, t) + self.position
+        suffix = self.suffix_embeddings(feats.state, x_t, t)[0] + self.position
         memory = self.memory_proj(feats.hidden.to(suffix.dtype))
         out = self.decoder(suffix, memory, memory_key_padding_mask=~feats.mask.bool())
         return self.action_out_proj(out[:, 1:]).float()

@@ -52,8 +52,9 @@ def _config_field(name: str) -> property:
 
 
 class FlowVLAPolicy(BaseFlowPolicy):
-    """π0-style vision-language-action flow policy (alias ``"VLAPolicy"``); a sibling of the MLP-family
+    """π0 / π0.5-style vision-language-action flow policy (alias ``"VLAPolicy"``); a sibling of the MLP-family
     :class:`~sb3_stepnft.common.policies.FlowPolicy` under :class:`~sb3_stepnft.common.policies.BaseFlowPolicy`.
+    ``config=VLAConfig.pi05(...)`` builds π0.5 (AdaRMS time conditioning, state in the prompt).
 
     Observations are a Dict with one or more camera images (``Box`` uint8, channel-first or -last), an optional
     proprio ``state`` vector, and the instruction as token ids plus a mask (``instruction_ids``: ``Box(int64)``,
@@ -91,6 +92,9 @@ class FlowVLAPolicy(BaseFlowPolicy):
     prefix_cache_budget = _config_field("prefix_cache_budget")
     freeze_vlm = _config_field("freeze_vlm")
     vlm_dtype = _config_field("vlm_dtype")
+    variant = _config_field("variant")
+    state_in_prompt = _config_field("state_in_prompt")
+    norm_stats = _config_field("norm_stats")
 
     def __init__(
         self,
@@ -164,8 +168,14 @@ class FlowVLAPolicy(BaseFlowPolicy):
         self.config = config = config.replace(vlm=self.vlm.config, state_dim=state_dim, expert_width=expert_width)
         if config.expert == "shared":
             self.expert = experts.SharedAttentionExpert(
-                self.backbone.text_config, expert_width, self.action_dim, state_dim, config.expert_intermediate_size
+                self.backbone.text_config,
+                expert_width,
+                self.action_dim,
+                state_dim,
+                config.expert_intermediate_size,
+                variant=config.variant,
             )
+            self.expert.gradient_checkpointing = bool(config.expert_gradient_checkpointing)
         else:
             self.expert = experts.CrossAttentionExpert(
                 self.backbone.hidden_size,
@@ -178,21 +188,71 @@ class FlowVLAPolicy(BaseFlowPolicy):
             )
         self.features_dim = self.backbone.hidden_size + state_dim  # the critic's input
         self._layout = self._feature_layout()
+        self._apply_action_stats()
+
+    def _apply_action_stats(self) -> None:
+        """With ``norm_stats``, the flow's [-1, 1] actions map to ``mean ± std`` / ``[q01, q99]`` (the checkpoint's
+        unnormalisation) instead of the action space's bounds."""
+        stats = self.norm_stats
+        if stats is None:
+            return
+        first, second = (stats["actions"][k] for k in (("mean", "std") if stats["mode"] == "mean_std" else ("q01", "q99")))
+        first = th.as_tensor(first, dtype=th.float32)[: self.real_action_dim]
+        second = th.as_tensor(second, dtype=th.float32)[: self.real_action_dim]
+        if first.numel() < self.real_action_dim:
+            raise ValueError(
+                f"norm_stats has action statistics for {first.numel()} dims, the action space has {self.real_action_dim}"
+            )
+        low, high = (first - second, first + second) if stats["mode"] == "mean_std" else (first, second)
+        self._action_low.copy_(low.expand_as(self._action_low))
+        self._action_high.copy_(high.expand_as(self._action_high))
+
+    def normalize_state(self, state: th.Tensor) -> th.Tensor:
+        """``(B, S)`` raw state → normalised with ``norm_stats`` (its first dims; identity without statistics)."""
+        stats = self.norm_stats
+        if stats is None:
+            return state
+        if stats["mode"] == "mean_std":
+            center, spread = (th.as_tensor(stats["state"][k], dtype=state.dtype, device=state.device) for k in ("mean", "std"))
+            n = min(state.shape[1], center.numel())
+            normalized = (state[:, :n] - center[:n]) / (spread[:n] + 1e-6)
+        else:
+            q01, q99 = (th.as_tensor(stats["state"][k], dtype=state.dtype, device=state.device) for k in ("q01", "q99"))
+            n = min(state.shape[1], q01.numel())
+            normalized = 2.0 * (state[:, :n] - q01[:n]) / (q99[:n] - q01[:n] + 1e-6) - 1.0
+        return th.cat([normalized, state[:, n:]], dim=1)
+
+    @classmethod
+    def from_openpi_checkpoint(cls, path, observation_space: spaces.Dict, action_space: spaces.Box, **kwargs) -> FlowVLAPolicy:
+        """A policy with the architecture, weights and normalisation statistics of a local π0 or π0.5 checkpoint
+        (LeRobot / openpi PyTorch layout; the variant is detected from ``time_mlp_in`` / AdaRMS keys), loaded strictly.
+        With an algorithm: ``StepNFT(FlowVLAPolicy, env, policy_kwargs=openpi_policy_kwargs(path))`` then
+        ``model.policy.load_checkpoint(path)`` (docs/vla.md)."""
+        from sb3_stepnft.vla.pi0 import from_openpi_checkpoint
+
+        return from_openpi_checkpoint(cls, path, observation_space, action_space, **kwargs)
 
     @classmethod
     def from_pi0(cls, path, observation_space: spaces.Dict, action_space: spaces.Box, **kwargs) -> FlowVLAPolicy:
-        """A policy with π0's architecture and the weights of a local π0 checkpoint (LeRobot / openpi PyTorch layout),
-        loaded strictly. With an algorithm: ``StepNFT(FlowVLAPolicy, env, policy_kwargs=pi0_policy_kwargs(path))``
-        then ``model.policy.load_pi0(path)`` (docs/vla.md)."""
+        """:meth:`from_openpi_checkpoint` for a π0 checkpoint (a π0.5 one is an error)."""
         from sb3_stepnft.vla.pi0 import from_pi0
 
         return from_pi0(cls, path, observation_space, action_space, **kwargs)
 
-    def load_pi0(self, path) -> None:
-        """Load a local π0 checkpoint (LeRobot / openpi PyTorch layout) into this policy, strictly."""
-        from sb3_stepnft.vla.pi0 import load_pi0_into
+    @classmethod
+    def from_pi05(cls, path, observation_space: spaces.Dict, action_space: spaces.Box, **kwargs) -> FlowVLAPolicy:
+        """:meth:`from_openpi_checkpoint` for a π0.5 checkpoint (a π0 one is an error)."""
+        from sb3_stepnft.vla.pi0 import from_pi05
 
-        load_pi0_into(self, path)
+        return from_pi05(cls, path, observation_space, action_space, **kwargs)
+
+    def load_checkpoint(self, path) -> None:
+        """Load a local π0 / π0.5 checkpoint (LeRobot / openpi PyTorch layout) of this policy's variant, strictly."""
+        from sb3_stepnft.vla.pi0 import load_checkpoint_into
+
+        load_checkpoint_into(self, path)
+
+    load_pi0 = load_checkpoint
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _resolve_keys(self, space: spaces.Dict, config: VLAConfig) -> VLAConfig:
@@ -329,7 +389,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
         self.backbone_observations += batch
         self.backbone_calls += 1
         if self.state_key is not None:
-            state = obs[self.state_key].reshape(batch, -1).float()
+            state = self.normalize_state(obs[self.state_key].reshape(batch, -1).float())
             state = nn.functional.pad(state, (0, self.state_dim - state.shape[1]))
         else:
             state = th.zeros(batch, self.state_dim, device=valid.device)

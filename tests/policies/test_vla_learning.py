@@ -2,7 +2,8 @@
 
 LangReach: four coloured targets at fixed places, the instruction alone names the goal (ignoring it caps success
 near 0.25). The test asserts that StepNFT raises the evaluated success rate, that the policy follows the
-instruction, and that the backbone ran once per observation (the prefix is cached in the buffer).
+instruction, and that the backbone ran once per observation (the prefix is cached in the buffer). π0 only: a
+tiny π0.5 (AdaRMS time conditioning) gains 0.02-0.05 in this budget, below the test's 0.1 (docs/vla.md).
 """
 
 import numpy as np
@@ -23,7 +24,8 @@ from sb3_stepnft.vla.testing import tiny_paligemma_config  # noqa: E402
 EXPERT = "shared"
 
 
-def test_stepnft_raises_success_of_a_language_conditioned_vla(tmp_path):
+@pytest.mark.parametrize("variant", ["pi0"])  # π0.5 does not pass yet (docs/vla.md "Results on CPU")
+def test_stepnft_raises_success_of_a_language_conditioned_vla(tmp_path, variant):
     tokenizer = transformers.ByT5Tokenizer()
     env_kwargs = dict(tokenizer=tokenizer, max_length=24, chunk_size=4)
     env = make_vec_env(make_lang_reach_env, n_envs=8, seed=0, env_kwargs=env_kwargs)
@@ -34,7 +36,9 @@ def test_stepnft_raises_success_of_a_language_conditioned_vla(tmp_path):
         learning_rate=3e-4,
         n_steps=16,
         batch_size=64,
-        policy_kwargs=dict(vlm=tiny_paligemma_config(image_size=16, patch_size=8), expert=EXPERT, expert_width=32),
+        policy_kwargs=dict(
+            vlm=tiny_paligemma_config(image_size=16, patch_size=8), expert=EXPERT, expert_width=32, variant=variant
+        ),
         seed=0,
         # LangReach is the one task measured so far that prefers the first version's EMA horizon (T = the planned
         # iterations, decay ending at 0.995) to the default T = 5/3 x planned iterations (ALGORITHM.md §3.5): this
