@@ -86,9 +86,9 @@ def run_one(job) -> list[dict]:
     import torch as th
 
     th.set_num_threads(1)
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    from benchmarks.curves import PeriodicEvaluation
     from sb3_stepnft.common.evaluation import evaluate_success
     from sb3_stepnft.envs import PointReachEnv
 
@@ -113,25 +113,8 @@ def run_one(job) -> list[dict]:
             )
         )
 
-    class SuccessCurve(BaseCallback):
-        """Evaluates at the first rollout start past each --eval-every steps (after the previous update) and at the end."""
-
-        next_eval = 0
-
-        def _on_rollout_start(self) -> None:
-            if self.model.num_timesteps >= self.next_eval:
-                evaluate()
-                self.next_eval = self.model.num_timesteps + eval_every
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            if rows[-1]["env_steps"] != self.model.num_timesteps:
-                evaluate()
-
     start = time.time()
-    model.learn(steps, callback=SuccessCurve())
+    model.learn(steps, callback=PeriodicEvaluation(evaluate, eval_every))
     return rows
 
 

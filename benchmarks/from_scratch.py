@@ -47,10 +47,10 @@ def run_one(job) -> list[dict]:
     th.set_num_threads(1)
     import warnings
 
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
+    from benchmarks.curves import PeriodicEvaluation
     from sb3_stepnft import FlowGRPO
     from sb3_stepnft.envs import make_grouped_vec_env
 
@@ -74,24 +74,9 @@ def run_one(job) -> list[dict]:
         rows.append(dict(algo=name, task=task, seed=seed, env_steps=model.num_timesteps,
                          mean_return=float(np.mean(returns)), wall_time=time.time() - start))  # fmt: skip
 
-    class Curve(BaseCallback):
-        next_eval = 0
-
-        def _on_rollout_start(self) -> None:
-            if self.model.num_timesteps >= self.next_eval:
-                evaluate()
-                self.next_eval = self.model.num_timesteps + eval_every
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            if rows[-1]["env_steps"] != self.model.num_timesteps:
-                evaluate()
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.learn(steps, callback=Curve())
+        model.learn(steps, callback=PeriodicEvaluation(evaluate, eval_every))
     return rows
 
 

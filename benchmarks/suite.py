@@ -210,8 +210,8 @@ def run_one(job) -> list[dict]:
     import torch as th
 
     th.set_num_threads(1)
-    from stable_baselines3.common.callbacks import BaseCallback
 
+    from benchmarks.curves import PeriodicEvaluation
     from sb3_stepnft.common.evaluation import evaluate_success
 
     task, algo, seed, decisions, eval_every, n_eval, n_steps, context, state = job
@@ -223,7 +223,7 @@ def run_one(job) -> list[dict]:
         model.set_parameters({"policy": state}, exact_match=False)  # FlowPPO's value head stays fresh
     eval_env = task.make_env("eval", 1, EVAL_SEED + seed, context)
     rows: list[dict] = []
-    clock = {"start": time.time(), "eval": 0.0, "env_steps": 0}
+    clock = {"start": time.time(), "eval": 0.0}
 
     def evaluate():
         start = time.time()
@@ -235,31 +235,14 @@ def run_one(job) -> list[dict]:
                 algo=algo,
                 seed=seed,
                 decisions=model.num_timesteps,
-                env_steps=clock["env_steps"],
+                env_steps=curve.env_steps,
                 success_rate=result["success_rate"],
                 train_time=time.time() - clock["start"] - clock["eval"],
             )
         )
 
-    class Curve(BaseCallback):
-        """Counts underlying env steps (``info["env_steps"]`` of ActionChunk) and evaluates every ``eval_every``."""
-
-        next_eval = 0
-
-        def _on_rollout_start(self) -> None:  # after the previous update
-            if clock["env_steps"] >= self.next_eval:
-                evaluate()
-                self.next_eval = clock["env_steps"] + eval_every
-
-        def _on_step(self) -> bool:
-            clock["env_steps"] += sum(int(info.get("env_steps", 1)) for info in self.locals["infos"])
-            return True
-
-        def _on_training_end(self) -> None:
-            if rows[-1]["decisions"] != self.model.num_timesteps:
-                evaluate()
-
-    model.learn(decisions, callback=Curve())
+    curve = PeriodicEvaluation(evaluate, eval_every, count_env_steps=True)
+    model.learn(decisions, callback=curve)
     env.close()
     eval_env.close()
     return rows
