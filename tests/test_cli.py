@@ -221,7 +221,11 @@ def test_configure_torch_threads(monkeypatch):
         configure_torch_threads(-1)
 
 
-def test_cli_sets_torch_threads(tmp_path, capsys):
+def test_cli_sets_torch_threads(tmp_path, capsys, monkeypatch):
+    from sb3_stepnft.common.threads import ENV_VAR
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a set OMP_NUM_THREADS keeps torch's choice (tested above)
+    monkeypatch.delenv(ENV_VAR, raising=False)
     th.set_num_threads(2)
     assert main(["demos", "point_reach", "-n", "1", "--out", str(tmp_path / "d.npz")]) == 0
     assert th.get_num_threads() == 1
