@@ -24,6 +24,7 @@ from torch import nn
 from sb3_stepnft.common.policies import BaseFlowPolicy
 from sb3_stepnft.vla import backbones, experts
 from sb3_stepnft.vla.config import EXPERTS, PREFIX_CACHE_MODES, VLAConfig
+from sb3_stepnft.vla.prompt import quantile_normalize
 
 __all__ = ["EXPERTS", "PREFIX_CACHE_MODES", "FlowVLAPolicy", "VLAConfig", "VLAFeatures"]
 
@@ -219,7 +220,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
         else:
             q01, q99 = (th.as_tensor(stats["state"][k], dtype=state.dtype, device=state.device) for k in ("q01", "q99"))
             n = min(state.shape[1], q01.numel())
-            normalized = 2.0 * (state[:, :n] - q01[:n]) / (q99[:n] - q01[:n] + 1e-6) - 1.0
+            normalized = quantile_normalize(state[:, :n], q01[:n], q99[:n])
         return th.cat([normalized, state[:, n:]], dim=1)
 
     @classmethod

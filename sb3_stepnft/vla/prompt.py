@@ -38,6 +38,12 @@ def pi05_prompt(task: str, state_bins: np.ndarray | None = None) -> str:
     return f"Task: {cleaned}, State: {state};\nAction: "
 
 
+def quantile_normalize(x, q01, q99):
+    """π0.5's normalisation ``2 (x - q01) / (q99 - q01 + 1e-6) - 1`` (NumPy arrays or torch tensors): the prompt's
+    state here and the policy's state input (:meth:`~sb3_stepnft.vla.policy.FlowVLAPolicy.normalize_state`)."""
+    return 2.0 * (x - q01) / (q99 - q01 + 1e-6) - 1.0
+
+
 def normalize_state_quantiles(state: np.ndarray, norm_stats: dict[str, Any] | None) -> np.ndarray:
     """``2 (s - q01) / (q99 - q01) - 1`` on the dims the statistics cover (π0.5's normalisation); identity without."""
     state = np.asarray(state, dtype=np.float64).reshape(-1)
@@ -49,7 +55,7 @@ def normalize_state_quantiles(state: np.ndarray, norm_stats: dict[str, Any] | No
     q99 = np.asarray(norm_stats["state"]["q99"], dtype=np.float64)
     n = min(state.size, q01.size)
     out = state.copy()
-    out[:n] = 2.0 * (state[:n] - q01[:n]) / (q99[:n] - q01[:n] + 1e-6) - 1.0
+    out[:n] = quantile_normalize(state[:n], q01[:n], q99[:n])
     return out
 
 
