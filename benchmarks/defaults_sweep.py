@@ -1,10 +1,15 @@
-"""How StepNFT's MLP-scale defaults were chosen (ALGORITHM.md §5): one-at-a-time variations around them.
+"""How the flow algorithms' MLP-scale defaults are chosen (ALGORITHM.md §5): one-at-a-time variations, by measurement.
 
-For each setting: PointReach, 8 envs, ``pretrain(model, demos, seed=s)`` on 40 imperfect demonstrations, then
-``learn(--steps)``; success of the student (ODE from random x_0, ``deterministic=False``) over --n-eval
-seeded episodes, before and after, averaged over --seeds.
+Each variation is the algorithm's defaults plus one change, run through the benchmark suite's machinery
+(``benchmarks/suite.py``: same tasks, envs, pretraining and budgets), on **tuning seeds** (default 100 101 102) with
+**tuning evaluation seeds** (from 50_000): the suite's own seeds (0 1 2, evaluations from 10_000) are never used for
+tuning. Success (``evaluate_success``, ``deterministic=False``) before and after ``learn`` over ``--n-eval`` episodes.
 
-    python benchmarks/defaults_sweep.py                  # writes runs/defaults_sweep/defaults_sweep.md
+    python benchmarks/defaults_sweep.py --task point_reach                  # StepNFT, runs/defaults_sweep/
+    python benchmarks/defaults_sweep.py --task push_cube --grid maniskill   # the candidates on ManiSkill PushCube
+    python benchmarks/defaults_sweep.py --task point_reach --algo FlowGRPO  # a baseline, same number of variations
+
+The earlier sweep (old EMA schedule, one iteration-long horizon) is kept in benchmarks/results/defaults_sweep.md.
 """
 
 import argparse
@@ -12,101 +17,134 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIATIONS = [
-    {},
-    {"learning_rate": 5e-5},
-    {"learning_rate": 2e-4},
-    {"learning_rate": 5e-4},
-    {"n_steps": 64},
-    {"n_steps": 256},
-    {"n_steps": 2048},
-    {"batch_size": 64},
-    {"n_epochs": 1},
-    {"n_epochs": 8},
-    {"pretrain": {"epochs": 100}},
-    {"pretrain": {"epochs": 1000}},
-]
+from benchmarks import suite  # noqa: E402
+
+TUNING_EVAL_SEED = 50_000
+
+GRIDS = {
+    # one change at a time around the defaults: a few values of each setting ALGORITHM.md §5 / the results issue names
+    "StepNFT": [
+        {},
+        {"learning_rate": 5e-5},
+        {"learning_rate": 2e-4},
+        {"learning_rate": 3e-4},
+        {"n_epochs": 2},
+        {"n_epochs": 8},
+        {"batch_size": 128},
+        {"batch_size": 512},
+        {"n_steps": 64},
+        {"n_steps": 256},
+        {"trust_region": 0.5},
+        {"trust_region": 2.0},
+        {"noise_level": 0.1},
+        {"noise_level": 0.4},
+        {"max_drift": None},
+        {"max_drift": 0.25},
+        {"ema_horizon_ratio": 1.0},
+        {"ema_horizon_ratio": 3.0},
+    ],
+    "FlowPPO": [
+        {},
+        {"learning_rate": 3e-5},
+        {"learning_rate": 3e-4},
+        {"n_epochs": 4},
+        {"n_epochs": 16},
+        {"n_steps": 64},
+        {"n_steps": 256},
+        {"batch_size": 128},
+        {"batch_size": 512},
+        {"noise_level": 0.1},
+        {"noise_level": 0.4},
+        {"critic_learning_rate": 1e-3},
+    ],
+    "FlowGRPO": [
+        {},
+        {"learning_rate": 3e-5},
+        {"learning_rate": 3e-4},
+        {"n_epochs": 4},
+        {"n_epochs": 16},
+        {"n_steps": 64},
+        {"n_steps": 256},
+        {"batch_size": 128},
+        {"batch_size": 512},
+        {"noise_level": 0.1},
+        {"noise_level": 0.4},
+    ],
+    # ManiSkill runs cost ~5 min each on 2 cores: the candidates only (today's defaults, the old demo overrides and
+    # the settings PointReach's sweep favours); --variations adds more
+    "maniskill": [
+        {},
+        {"learning_rate": 5e-5},
+        {"n_steps": 64},
+        {"n_epochs": 8},
+        {"learning_rate": 5e-5, "n_steps": 64, "batch_size": 128},
+    ],
+}
 
 
-def one_run(job):
-    import torch as th
-
-    th.set_num_threads(1)
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
-
-    from sb3_stepnft import StepNFT
-    from sb3_stepnft.envs import PointReachEnv, collect_demonstrations
-    from sb3_stepnft.sft import pretrain
-
-    variation, seed, steps, n_eval, pretrain_kwargs = job
-    kwargs = {k: v for k, v in variation.items() if k != "pretrain"}
-    demos, _ = collect_demonstrations(40, seed=seed)
-    model = StepNFT("MlpPolicy", make_vec_env(PointReachEnv, n_envs=8, seed=seed), seed=seed, **kwargs)
-    pretrain(model, demos, seed=seed, **{**pretrain_kwargs, **variation.get("pretrain", {})})
-
-    def success():
-        env = make_vec_env(PointReachEnv, n_envs=1, seed=10_000 + seed)
-        rewards, _ = evaluate_policy(model, env, n_eval_episodes=n_eval, deterministic=False, return_episode_rewards=True)
-        return float(np.mean(np.asarray(rewards) > 0))
-
-    before = success()
-    start = time.time()
-    model.learn(steps)
-    return json.dumps(variation), seed, before, success(), time.time() - start
-
-
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--task", default="point_reach", choices=list(suite.TASKS))
+    parser.add_argument("--algo", default="StepNFT", choices=list(suite.FLOW))
+    parser.add_argument("--grid", default=None, choices=list(GRIDS), help="variations (default: the algorithm's)")
+    parser.add_argument("--variations", nargs="*", default=[], help="extra variations as JSON, e.g. '{\"n_epochs\": 8}'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning seeds")
+    parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: the suite's)")
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretrain epochs (default: pretrain's)")
-    parser.add_argument("--pretrain-lr", type=float, default=None, help="pretrain learning rate (default: pretrain's)")
-    parser.add_argument(
-        "--out",
-        default=os.path.join("runs", "defaults_sweep"),
-        help="output folder (default runs/defaults_sweep/; --out benchmarks/results: the tracked results)",
-    )
+    parser.add_argument("--out", default=os.path.join("runs", "defaults_sweep"), help="benchmarks/results: tracked")
     args = parser.parse_args()
-    pretrain_kwargs = {}
-    if args.pretrain_epochs is not None:
-        pretrain_kwargs["epochs"] = args.pretrain_epochs
-    if args.pretrain_lr is not None:
-        pretrain_kwargs["learning_rate"] = args.pretrain_lr
-    jobs = [(v, s, args.steps, args.n_eval, pretrain_kwargs) for v in VARIATIONS for s in args.seeds]
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        results = pool.map(one_run, jobs)
-    rows = {}
-    for key, _seed, before, after, wall in results:
-        rows.setdefault(key, []).append((before, after, wall))
+    task = suite.TASKS[args.task]
+    variations = GRIDS[args.grid or args.algo] + [json.loads(v) for v in args.variations]
+    budget = args.env_steps or task.env_steps
     os.makedirs(args.out, exist_ok=True)
+    context = task.prepare(args.out, False)
+    jobs = []
+    for variation in variations:
+        for seed in args.seeds:
+            n_steps = variation.get("n_steps", 128)
+            overrides = {k: v for k, v in variation.items() if k != "n_steps"}
+            values = (task, args.algo, seed, budget // task.chunk, 10**12, args.n_eval, n_steps, context, None)
+            jobs.append(dict(zip(suite.JOB_FIELDS, values), overrides=overrides, eval_seed=TUNING_EVAL_SEED))
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        states = dict(zip(args.seeds, pool.map(suite.pretrained_state, [(task, s, context) for s in args.seeds])))
+        for job in jobs:
+            job["state"] = states[job["seed"]]
+        results = []
+        for job, rows in zip(jobs, pool.imap(suite.run_one, jobs)):
+            key = json.dumps({**job["overrides"], **({"n_steps": job["n_steps"]} if job["n_steps"] != 128 else {})})
+            results.append((key, job["seed"], rows[0]["success_rate"], rows[-1]["success_rate"], rows[-1]["train_time"]))
+            print(results[-1], flush=True)
+    name = f"defaults_sweep_{args.task}_{args.algo}" + (f"_{args.grid}" if args.grid else "")
+    command = " ".join(["python benchmarks/defaults_sweep.py", *sys.argv[1:]])
     lines = [
-        f"Command: `{' '.join(['python benchmarks/defaults_sweep.py', *sys.argv[1:]])}`",
+        f"Command: `{command}`",
         "",
-        f"PointReach, 8 envs, {args.steps} env steps, seeds {args.seeds}, success over {args.n_eval} episodes "
-        f"(deterministic=False), pretrain settings {pretrain_kwargs or 'defaults'}. Each row changes one setting from "
-        "the defaults.",
+        f"{task.title}, {args.algo}, {suite.N_ENVS} envs, {budget} env steps, tuning seeds {args.seeds} (pretrained "
+        f"start per seed as in the suite), success over {args.n_eval} episodes (deterministic=False) on tuning "
+        f"evaluation seeds from {TUNING_EVAL_SEED}. Each row changes one setting from the defaults (n_steps 128 "
+        "unless named).",
         "",
-        "| change from defaults | success before | success after | gain (mean ± std) | train time (s) |",
-        "|---|---|---|---|---|",
+        "| change from defaults | success before | success after (mean ± std) | gain | per seed (after) | train time (s) |",
+        "|---|---|---|---|---|---|",
     ]
-    for key, values in rows.items():
-        values = np.array(values)
-        gain = values[:, 1] - values[:, 0]
+    rows_by_key: dict[str, list] = {}
+    for key, seed, before, after, wall in results:
+        rows_by_key.setdefault(key, []).append((seed, before, after, wall))
+    for key, values in rows_by_key.items():
+        values = np.array(sorted(values))
+        after = values[:, 2]
         lines.append(
-            f"| {key if key != '{}' else '(defaults)'} | {values[:, 0].mean():.3f} | {values[:, 1].mean():.3f} | "
-            f"{gain.mean():+.3f} ± {gain.std():.3f} | {values[:, 2].mean():.0f} |"
+            f"| {key if key != '{}' else '(defaults)'} | {values[:, 1].mean():.3f} | {after.mean():.3f} ± {after.std():.3f} "
+            f"| {(after - values[:, 1]).mean():+.3f} | {', '.join(f'{a:.2f}' for a in after)} | {values[:, 3].mean():.0f} |"
         )
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "defaults_sweep.md"), "w") as f:
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(text)
     print(text)
 

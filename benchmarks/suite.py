@@ -206,7 +206,13 @@ def pretrained_state(job) -> dict:
     return {name: tensor.clone() for name, tensor in model.policy.state_dict().items()}
 
 
-def run_one(job) -> list[dict]:
+JOB_FIELDS = ("task", "algo", "seed", "decisions", "eval_every", "n_eval", "n_steps", "context", "state")
+
+
+def run_one(job: dict) -> list[dict]:
+    """One training run with periodic evaluations. ``job`` holds :data:`JOB_FIELDS` and, optionally, ``overrides``
+    (constructor arguments on top of the algorithm's defaults) and ``eval_seed`` (base of the evaluation seeds;
+    default :data:`EVAL_SEED`)."""
     import torch as th
 
     th.set_num_threads(1)
@@ -214,20 +220,22 @@ def run_one(job) -> list[dict]:
     from benchmarks.curves import PeriodicEvaluation
     from sb3_stepnft.common.evaluation import evaluate_success
 
-    task, algo, seed, decisions, eval_every, n_eval, n_steps, context, state = job
+    task, algo, seed, decisions, eval_every, n_eval, n_steps, context, state = (job[k] for k in JOB_FIELDS)
+    eval_seed = job.get("eval_seed", EVAL_SEED) + seed
     cls = algorithm(algo)
     env = task.make_env(algo, N_ENVS, 1_000 + seed, context)
     policy, policy_kwargs = task.policy(algo) if algo in FLOW else ("MlpPolicy", None)
-    model = cls(policy, env, policy_kwargs=policy_kwargs, seed=seed, n_steps=n_steps)
+    kwargs = {"n_steps": n_steps, **job.get("overrides", {})}
+    model = cls(policy, env, policy_kwargs=policy_kwargs, seed=seed, **kwargs)
     if state is not None:
         model.set_parameters({"policy": state}, exact_match=False)  # FlowPPO's value head stays fresh
-    eval_env = task.make_env("eval", 1, EVAL_SEED + seed, context)
+    eval_env = task.make_env("eval", 1, eval_seed, context)
     rows: list[dict] = []
     clock = {"start": time.time(), "eval": 0.0}
 
     def evaluate():
         start = time.time()
-        result = evaluate_success(model, eval_env, n_eval_episodes=n_eval, seed=EVAL_SEED + seed)
+        result = evaluate_success(model, eval_env, n_eval_episodes=n_eval, seed=eval_seed)
         clock["eval"] += time.time() - start
         rows.append(
             dict(
@@ -359,12 +367,13 @@ def main() -> None:
             for algo in args.algos:
                 if algo not in FLOW and not task.gaussian_references:
                     continue
-                jobs.append([task, algo, seed, budget // task.chunk, eval_every, args.n_eval, args.n_steps, contexts[name]])
+                values = (task, algo, seed, budget // task.chunk, eval_every, args.n_eval, args.n_steps, contexts[name])
+                jobs.append(dict(zip(JOB_FIELDS, values)))
     with mp.get_context("spawn").Pool(args.workers) as pool:
         states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
         for job in jobs:
-            job.append(states.get((job[0].name, job[2])) if job[1] in FLOW else None)
-        rows = [row for result in pool.imap_unordered(run_one, [tuple(j) for j in jobs]) for row in result]
+            job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
+        rows = [row for result in pool.imap_unordered(run_one, jobs) for row in result]
     order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in args.algos)}
     rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
     with open(out + ".csv", "w", newline="") as f:

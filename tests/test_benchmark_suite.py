@@ -23,7 +23,8 @@ def test_suite_runs_flow_and_gaussian_algorithms_on_one_budget_and_reports(suite
     rows = []
     for algo in ("StepNFT", "PPO"):
         decisions = 2 * suite.N_ENVS * 64  # two iterations of n_steps=64
-        rows += suite.run_one((task, algo, 0, decisions, 512, 5, 64, {}, state if algo in suite.FLOW else None))
+        values = (task, algo, 0, decisions, 512, 5, 64, {}, state if algo in suite.FLOW else None)
+        rows += suite.run_one(dict(zip(suite.JOB_FIELDS, values)))
     for algo in ("StepNFT", "PPO"):
         curve = [r for r in rows if r["algo"] == algo]
         assert curve[0]["env_steps"] == 0 and curve[-1]["decisions"] == 2 * suite.N_ENVS * 64
@@ -45,3 +46,34 @@ def test_steps_to_threshold(suite):
 
     assert suite.steps_to(np.array([0, 10, 20]), np.array([0.1, 0.85, 0.9]), 0.8) == "10"
     assert suite.steps_to(np.array([0, 10]), np.array([0.1, 0.2]), 0.8) == "not reached"
+
+
+def test_overrides_reach_the_algorithm_and_eval_seeds_move(suite, monkeypatch):
+    """The defaults sweep tunes through ``overrides`` and evaluates on its own seeds (never the suite's)."""
+    task = suite.TASKS["point_reach"]
+    values = (task, "StepNFT", 0, suite.N_ENVS * 32, 10**9, 3, 32, {}, None)
+    job = dict(zip(suite.JOB_FIELDS, values), overrides={"learning_rate": 3e-4}, eval_seed=50_000)
+    import torch as th
+
+    seen = {}
+    original = suite.algorithm
+
+    def spy(name):
+        def make(*args, **kwargs):
+            seen.update(kwargs)
+            return original(name)(*args, **kwargs)
+
+        return make
+
+    import sb3_stepnft.common.evaluation as evaluation
+
+    evaluate, seeds = evaluation.evaluate_success, []
+    monkeypatch.setattr(evaluation, "evaluate_success", lambda *a, seed, **k: seeds.append(seed) or evaluate(*a, seed=seed, **k))
+    suite.algorithm = spy
+    try:
+        rows = suite.run_one(job)
+    finally:
+        suite.algorithm = original
+    assert seen["learning_rate"] == 3e-4 and seen["n_steps"] == 32
+    assert seeds == [50_000, 50_000]  # seed 0's evaluations: the sweep's base, not the suite's 10_000
+    assert len(rows) == 2 and th.isfinite(th.tensor(rows[-1]["success_rate"]))
