@@ -68,7 +68,8 @@ def test_overrides_reach_the_algorithm_and_eval_seeds_move(suite, monkeypatch):
     import sb3_stepnft.common.evaluation as evaluation
 
     evaluate, seeds = evaluation.evaluate_success, []
-    monkeypatch.setattr(evaluation, "evaluate_success", lambda *a, seed, **k: seeds.append(seed) or evaluate(*a, seed=seed, **k))
+    spy_evaluate = lambda *a, seed, **k: seeds.append(seed) or evaluate(*a, seed=seed, **k)  # noqa: E731
+    monkeypatch.setattr(evaluation, "evaluate_success", spy_evaluate)
     suite.algorithm = spy
     try:
         rows = suite.run_one(job)
