@@ -75,13 +75,12 @@ GRIDS = {
         {"noise_level": 0.1},
         {"noise_level": 0.4},
     ],
-    # ManiSkill runs cost ~5 min each on 2 cores: the candidates only (today's defaults, the old demo overrides and
-    # the settings PointReach's sweep favours); --variations adds more
+    # ManiSkill runs cost ~5 min each on 2 cores: the candidates only (today's defaults, the ManiSkill demo's former
+    # overrides, and their two halves); --variations adds more (e.g. what PointReach's sweep favours)
     "maniskill": [
         {},
         {"learning_rate": 5e-5},
-        {"n_steps": 64},
-        {"n_epochs": 8},
+        {"n_steps": 64, "batch_size": 128},
         {"learning_rate": 5e-5, "n_steps": 64, "batch_size": 128},
     ],
 }
@@ -95,9 +94,10 @@ def main() -> None:
     parser.add_argument("--variations", nargs="*", default=[], help="extra variations as JSON, e.g. '{\"n_epochs\": 8}'")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning seeds")
     parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: the suite's)")
-    parser.add_argument("--n-eval", type=int, default=200)
+    parser.add_argument("--n-eval", type=int, default=200, help="episodes per evaluation")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=os.path.join("runs", "defaults_sweep"), help="benchmarks/results: tracked")
+    parser.add_argument("--name", default=None, help="result file name (default defaults_sweep_<task>_<algo>[_<grid>])")
     args = parser.parse_args()
     task = suite.TASKS[args.task]
     variations = GRIDS[args.grid or args.algo] + [json.loads(v) for v in args.variations]
@@ -120,7 +120,7 @@ def main() -> None:
             key = json.dumps({**job["overrides"], **({"n_steps": job["n_steps"]} if job["n_steps"] != 128 else {})})
             results.append((key, job["seed"], rows[0]["success_rate"], rows[-1]["success_rate"], rows[-1]["train_time"]))
             print(results[-1], flush=True)
-    name = f"defaults_sweep_{args.task}_{args.algo}" + (f"_{args.grid}" if args.grid else "")
+    name = args.name or f"defaults_sweep_{args.task}_{args.algo}" + (f"_{args.grid}" if args.grid else "")
     command = " ".join(["python benchmarks/defaults_sweep.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`",
