@@ -257,7 +257,13 @@ def main(argv: list[str] | None = None) -> None:
             decisions, eval_every = suite.budget(task, args)
             run = (task, "StepNFT", seed, decisions, eval_every, args.n_eval, args.n_steps, contexts[task_name])
             jobs.append((*run, states[task_name, seed], configs[config]))
-        runs = dict(zip(keys, pool.imap(suite.run_one, jobs)))
+        runs: dict[tuple, list[dict]] = {}
+        for key, rows in zip(keys, pool.imap(suite.run_one, jobs)):
+            runs[key] = rows
+            print(
+                f"[{len(runs)}/{len(keys)}] {key[0]}, seed {key[1]}, {key[2]}: success {rows[-1]['success_rate']:.3f}",
+                flush=True,
+            )
 
     for task_name in args.tasks:
         rows = [
