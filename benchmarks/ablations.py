@@ -42,8 +42,6 @@ import os
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks import suite  # noqa: E402
@@ -179,17 +177,13 @@ def report(task_name: str, groups: list[str], rows: list[dict], args, command: s
         f"| group | variation | overrides | final success | gain | steps to {args.threshold} | train time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    finals: dict[tuple[str, str], np.ndarray] = {}
     for name in groups:
         group_rows = [r for r in rows if r["group"] == name]
-        for variation in GROUPS[name].variations:
-            summary = suite.seed_summary([r for r in group_rows if r["variation"] == variation])
-            finals[name, variation] = summary["last"]
-            grid, mean, _ = suite.mean_curve(group_rows, task_name, variation, key="variation")
+        for variation, overrides in GROUPS[name].variations.items():
+            cells = suite.table_cells(group_rows, task_name, variation, args.threshold, key="variation")
             lines.append(
-                f"| {name} ({GROUPS[name].figure}) | {variation} | {config_of(GROUPS[name].variations[variation])} | "
-                f"{suite.pm(summary['last'])} | {suite.pm(summary['last'] - summary['first'], '+.3f')} | "
-                f"{suite.steps_to(grid, mean, args.threshold)} | {summary['train_time']:.0f} |"
+                f"| {name} ({GROUPS[name].figure}) | {variation} | {config_of(overrides)} | {cells['last']} | "
+                f"{cells['gain']} | {cells['steps_to']} | {cells['train_time']} |"
             )
     lines += ["", "#### The paper's orderings: do they hold here?", ""]
     lines.append(
@@ -203,20 +197,19 @@ def report(task_name: str, groups: list[str], rows: list[dict], args, command: s
     ]
     for name in groups:
         group = GROUPS[name]
+        final = {v: suite.seed_summary([r for r in rows if (r["group"], r["variation"]) == (name, v)])["last"]
+                 for v in group.variations}  # fmt: skip
         for left, relation, right in group.claims:
-            best_left = max(left, key=lambda v: finals[name, v].mean())
-            best_right = max(right, key=lambda v: finals[name, v].mean())
-            a, b = finals[name, best_left], finals[name, best_right]
+            best_left = max(left, key=lambda v: final[v].mean())
+            best_right = max(right, key=lambda v: final[v].mean())
+            a, b = final[best_left], final[best_right]
             threshold = max(a.std(), b.std())
             lines.append(
                 f"| {name} ({group.figure}) | {group.paper} | {best_left} {relation} {best_right} | "
                 f"{a.mean() - b.mean():+.3f} | {threshold:.3f} | "
                 f"{verdict(a.mean() - b.mean(), threshold, relation, len(args.seeds))} |"
             )
-    text = "\n".join(lines) + "\n"
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    return text
+    return suite.write_markdown(lines, out)
 
 
 def plot(task_name: str, groups: list[str], rows: list[dict], out: str) -> None:

@@ -287,6 +287,21 @@ def pm(values: np.ndarray, fmt: str = ".3f") -> str:
     return f"{round(float(values.mean()), 3) + 0.0:{fmt}} ± {values.std():.3f}"  # + 0.0: no "-0.000"
 
 
+def table_cells(rows: list[dict], task: str, label: str, threshold: float, key: str = "algo") -> dict[str, str]:
+    """The report's cells of one curve family (rows of ``task`` whose ``key`` is ``label``): success at step 0 and at
+    the end, gain (mean ± std over seeds), env steps, steps to ``threshold`` of the mean curve, train time (s)."""
+    summary = seed_summary([r for r in rows if (r["task"], r[key]) == (task, label)])
+    grid, mean, _ = mean_curve(rows, task, label, key)
+    return dict(
+        first=pm(summary["first"]),
+        last=pm(summary["last"]),
+        gain=pm(summary["last"] - summary["first"], "+.3f"),
+        env_steps=str(summary["env_steps"]),
+        steps_to=steps_to(grid, mean, threshold),
+        train_time=f"{summary['train_time']:.0f}",
+    )
+
+
 def report(rows: list[dict], args, command: str, out: str) -> str:
     lines = [f"Command: `{command}`", ""]
     lines.append(
@@ -305,17 +320,12 @@ def report(rows: list[dict], args, command: str, out: str) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for algo in dict.fromkeys(r["algo"] for r in rows if r["task"] == task_name):
-            summary = seed_summary([r for r in rows if (r["task"], r["algo"]) == (task_name, algo)])
-            grid, mean, _ = mean_curve(rows, task_name, algo)
+            cells = table_cells(rows, task_name, algo, args.threshold)
             lines.append(
-                f"| {algo} | {'pretrained' if algo in FLOW else 'scratch'} | {pm(summary['first'])} | {pm(summary['last'])} | "
-                f"{pm(summary['last'] - summary['first'], '+.3f')} | {summary['env_steps']} | "
-                f"{steps_to(grid, mean, args.threshold)} | {summary['train_time']:.0f} |"
+                f"| {algo} | {'pretrained' if algo in FLOW else 'scratch'} | {cells['first']} | {cells['last']} | "
+                f"{cells['gain']} | {cells['env_steps']} | {cells['steps_to']} | {cells['train_time']} |"
             )
-    text = "\n".join(lines) + "\n"
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    return text
+    return write_markdown(lines, out)
 
 
 def plot(rows: list[dict], out: str) -> None:
@@ -374,6 +384,14 @@ def budget(task: Task, args: argparse.Namespace) -> tuple[int, int]:
     """``(decisions, eval_every)`` of one run on ``task``: ``learn``'s total_timesteps and env steps between points."""
     env_steps = args.env_steps or (task.quick_env_steps if args.quick else task.env_steps)
     return env_steps // task.chunk, args.eval_every or env_steps // (4 if args.quick else 10)
+
+
+def write_markdown(lines: list[str], out: str) -> str:
+    """Write ``out.md``; return its text."""
+    text = "\n".join(lines) + "\n"
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    return text
 
 
 def write_csv(rows: list[dict], path: str) -> None:

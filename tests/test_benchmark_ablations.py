@@ -1,12 +1,13 @@
 """benchmarks/ablations.py: its quick path end to end on one group, one seed, a tiny budget; its groups and verdicts."""
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import load_script
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 ABLATIONS = os.path.join(ROOT, "benchmarks", "ablations.py")
@@ -14,10 +15,7 @@ ABLATIONS = os.path.join(ROOT, "benchmarks", "ablations.py")
 
 @pytest.fixture(scope="module")
 def ablations():
-    spec = importlib.util.spec_from_file_location("ablations", ABLATIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ablations", "benchmarks")
 
 
 def test_quick_path_writes_the_command_table_orderings_curves_and_one_figure_per_group(tmp_path):
