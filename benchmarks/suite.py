@@ -262,14 +262,49 @@ def steps_to(curve_steps: np.ndarray, curve: np.ndarray, threshold: float) -> st
     return f"{int(curve_steps[reached[0]])}" if len(reached) else "not reached"
 
 
-def mean_curve(rows: list[dict], task: str, algo: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Success against env steps, mean and std over seeds (each seed's curve interpolated on a common grid)."""
-    seeds = sorted({r["seed"] for r in rows if r["task"] == task and r["algo"] == algo})
-    curves = [[(r["env_steps"], r["success_rate"]) for r in rows if (r["task"], r["algo"], r["seed"]) == (task, algo, s)]
+def mean_curve(rows: list[dict], task: str, algo: str, key: str = "algo") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Success against env steps, mean and std over seeds (each seed's curve interpolated on a common grid), of the rows
+    of ``task`` whose ``key`` (the algorithm; ablations: the variation) is ``algo``."""
+    seeds = sorted({r["seed"] for r in rows if r["task"] == task and r[key] == algo})
+    curves = [[(r["env_steps"], r["success_rate"]) for r in rows if (r["task"], r[key], r["seed"]) == (task, algo, s)]
               for s in seeds]  # fmt: skip
     grid = np.array(sorted({step for curve in curves for step, _ in curve}))
     values = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in curves])
     return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def seed_summary(rows: list[dict]) -> dict:
+    """The rows of one curve family (one task and algorithm or variation, all seeds, sorted by env steps within a seed):
+    per seed the success at the first and at the last evaluation; mean env steps and train time at the end."""
+    per_seed: dict[int, list[dict]] = {}
+    for r in rows:
+        per_seed.setdefault(r["seed"], []).append(r)
+    return dict(
+        first=np.array([v[0]["success_rate"] for v in per_seed.values()]),
+        last=np.array([v[-1]["success_rate"] for v in per_seed.values()]),
+        env_steps=int(np.mean([v[-1]["env_steps"] for v in per_seed.values()])),
+        train_time=float(np.mean([v[-1]["train_time"] for v in per_seed.values()])),
+    )
+
+
+def pm(values: np.ndarray, fmt: str = ".3f") -> str:
+    """``mean ± std`` over seeds."""
+    return f"{round(float(values.mean()), 3) + 0.0:{fmt}} ± {values.std():.3f}"  # + 0.0: no "-0.000"
+
+
+def table_cells(rows: list[dict], task: str, label: str, threshold: float, key: str = "algo") -> dict[str, str]:
+    """The report's cells of one curve family (rows of ``task`` whose ``key`` is ``label``): success at step 0 and at
+    the end, gain (mean ± std over seeds), env steps, steps to ``threshold`` of the mean curve, train time (s)."""
+    summary = seed_summary([r for r in rows if (r["task"], r[key]) == (task, label)])
+    grid, mean, _ = mean_curve(rows, task, label, key)
+    return dict(
+        first=pm(summary["first"]),
+        last=pm(summary["last"]),
+        gain=pm(summary["last"] - summary["first"], "+.3f"),
+        env_steps=str(summary["env_steps"]),
+        steps_to=steps_to(grid, mean, threshold),
+        train_time=f"{summary['train_time']:.0f}",
+    )
 
 
 def report(rows: list[dict], args, command: str, out: str) -> str:
@@ -290,24 +325,12 @@ def report(rows: list[dict], args, command: str, out: str) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for algo in dict.fromkeys(r["algo"] for r in rows if r["task"] == task_name):
-            per_seed: dict[int, list[dict]] = {}
-            for r in rows:
-                if (r["task"], r["algo"]) == (task_name, algo):
-                    per_seed.setdefault(r["seed"], []).append(r)
-            first = np.array([v[0]["success_rate"] for v in per_seed.values()])
-            last = np.array([v[-1]["success_rate"] for v in per_seed.values()])
-            steps = int(np.mean([v[-1]["env_steps"] for v in per_seed.values()]))
-            grid, mean, _ = mean_curve(rows, task_name, algo)
+            cells = table_cells(rows, task_name, algo, args.threshold)
             lines.append(
-                f"| {algo} | {'pretrained' if algo in FLOW else 'scratch'} | {first.mean():.3f} ± {first.std():.3f} | "
-                f"{last.mean():.3f} ± {last.std():.3f} | {(last - first).mean():+.3f} ± {(last - first).std():.3f} | "
-                f"{steps} | {steps_to(grid, mean, args.threshold)} | "
-                f"{np.mean([v[-1]['train_time'] for v in per_seed.values()]):.0f} |"
+                f"| {algo} | {'pretrained' if algo in FLOW else 'scratch'} | {cells['first']} | {cells['last']} | "
+                f"{cells['gain']} | {cells['env_steps']} | {cells['steps_to']} | {cells['train_time']} |"
             )
-    text = "\n".join(lines) + "\n"
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    return text
+    return write_markdown(lines, out)
 
 
 def plot(rows: list[dict], out: str) -> None:
@@ -319,38 +342,75 @@ def plot(rows: list[dict], out: str) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task_name in zip(axes[0], tasks):
-        for algo in dict.fromkeys(r["algo"] for r in rows if r["task"] == task_name):
-            grid, mean, std = mean_curve(rows, task_name, algo)
-            ax.plot(grid, mean, label=algo)
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
-        ax.set_title(TASKS[task_name].title)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("success rate (deterministic=False)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        plot_curves(ax, rows, task_name, TASKS[task_name].title)
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+def plot_curves(ax, rows: list[dict], task_name: str, title: str, key: str = "algo") -> None:
+    """One axes: the mean ± std success curve of every ``key`` (algorithm; ablations: variation) of ``task_name``."""
+    for label in dict.fromkeys(r[key] for r in rows if r["task"] == task_name):
+        grid, mean, std = mean_curve(rows, task_name, label, key)
+        ax.plot(grid, mean, label=label)
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("success rate (deterministic=False)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, tasks: list[str], out: str) -> None:
+    """The command-line arguments the suite shares with benchmarks/ablations.py (default ``--tasks`` and ``--out``)."""
+    parser.add_argument("--tasks", nargs="+", default=tasks, choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: per task)")
     parser.add_argument("--eval-every", type=int, default=None, help="env steps (default: budget / 10; --quick: / 4)")
     parser.add_argument("--n-eval", type=int, default=None, help="episodes per evaluation (default 200; --quick: 50)")
-    parser.add_argument("--n-steps", type=int, default=128, help="decisions per env per iteration, every algorithm")
+    parser.add_argument("--n-steps", type=int, default=128, help="decisions per env per iteration, every run")
     parser.add_argument("--threshold", type=float, default=0.8, help="success for the steps-to-threshold column")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 seed, small budgets: minutes on 2 cores")
-    parser.add_argument("--out", default=os.path.join("runs", "suite"), help="folder (benchmarks/results: tracked)")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=out, help="folder (benchmarks/results: tracked)")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse, fill in the --quick dependent defaults and create ``--out``."""
+    args = parser.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     args.n_eval = args.n_eval or (50 if args.quick else 200)
     os.makedirs(args.out, exist_ok=True)
+    return args
+
+
+def budget(task: Task, args: argparse.Namespace) -> tuple[int, int]:
+    """``(decisions, eval_every)`` of one run on ``task``: ``learn``'s total_timesteps and env steps between points."""
+    env_steps = args.env_steps or (task.quick_env_steps if args.quick else task.env_steps)
+    return env_steps // task.chunk, args.eval_every or env_steps // (4 if args.quick else 10)
+
+
+def write_markdown(lines: list[str], out: str) -> str:
+    """Write ``out.md``; return its text."""
+    text = "\n".join(lines) + "\n"
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    return text
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, list(TASKS), os.path.join("runs", "suite"))
+    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    args = parse_run_arguments(parser)
     name = "suite" + ("_quick" if args.quick else "") + ("" if args.tasks == list(TASKS) else "_" + "_".join(args.tasks))
     out = os.path.join(args.out, name)  # e.g. suite.md, suite_quick.md, suite_point_reach.md
     command = " ".join(["python benchmarks/suite.py", *sys.argv[1:]])
@@ -359,15 +419,14 @@ def main() -> None:
     jobs, pretrain_jobs = [], []
     for name in args.tasks:
         task = TASKS[name]
-        budget = args.env_steps or (task.quick_env_steps if args.quick else task.env_steps)
-        eval_every = args.eval_every or budget // (4 if args.quick else 10)
+        decisions, eval_every = budget(task, args)
         for seed in args.seeds:
             if any(a in FLOW for a in args.algos):
                 pretrain_jobs.append((task, seed, contexts[name]))
             for algo in args.algos:
                 if algo not in FLOW and not task.gaussian_references:
                     continue
-                values = (task, algo, seed, budget // task.chunk, eval_every, args.n_eval, args.n_steps, contexts[name])
+                values = (task, algo, seed, decisions, eval_every, args.n_eval, args.n_steps, contexts[name])
                 jobs.append(dict(zip(JOB_FIELDS, values)))
     with mp.get_context("spawn").Pool(args.workers) as pool:
         states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
@@ -376,10 +435,7 @@ def main() -> None:
         rows = [row for result in pool.imap_unordered(run_one, jobs) for row in result]
     order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in args.algos)}
     rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out + ".csv")
     print(report(rows, args, command, out))
     plot(rows, out)
     print(f"wrote {out}.csv, {out}.md, {out}.png")

@@ -76,10 +76,11 @@ class DictReachEnv(gym.Env):
         return self._split(obs), reward, terminated, truncated, info
 
 
-def load_script(name: str) -> ModuleType:
-    """A module of ``scripts/`` (installation helpers live there, outside the importable package)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+def load_script(name: str, folder: str = "scripts") -> ModuleType:
+    """A module of ``scripts/`` (installation helpers live there, outside the importable package) or of another folder
+    of the checkout (``benchmarks``)."""
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,20 +1,16 @@
 """benchmarks/suite.py: one tiny run per algorithm family on PointReach, its table and its curves."""
 
-import importlib.util
 import os
 import types
 
 import pytest
 
-SUITE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "suite.py")
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def suite():
-    spec = importlib.util.spec_from_file_location("suite", SUITE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("suite", "benchmarks")
 
 
 def test_suite_runs_flow_and_gaussian_algorithms_on_one_budget_and_reports(suite, tmp_path):
