@@ -72,9 +72,9 @@ GRIDS = {
     # overrides, and their two halves); --variations adds more (e.g. what PointReach's sweep favours)
     "maniskill": [
         {},
+        {"learning_rate": 5e-5, "n_steps": 64, "batch_size": 128},
         {"learning_rate": 5e-5},
         {"n_steps": 64, "batch_size": 128},
-        {"learning_rate": 5e-5, "n_steps": 64, "batch_size": 128},
     ],
 }
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=200, help="episodes per evaluation")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=os.path.join("runs", "defaults_sweep"), help="benchmarks/results: tracked")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the finished runs, run nothing")
     parser.add_argument("--name", default=None, help="result file name (default defaults_sweep_<task>_<algo>[_<grid>])")
     args = parser.parse_args()
     task = suite.TASKS[args.task]
@@ -116,7 +117,7 @@ def main() -> None:
                     done[(entry["key"], entry["seed"])] = entry
     for job in jobs:
         job["key"] = json.dumps({**job["overrides"], **({"n_steps": job["n_steps"]} if job["n_steps"] != 128 else {})})
-    todo = [job for job in jobs if (job["key"], job["seed"]) not in done]
+    todo = [] if args.report_only else [job for job in jobs if (job["key"], job["seed"]) not in done]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         seeds = sorted({job["seed"] for job in todo})
         states = dict(zip(seeds, pool.map(suite.pretrained_state, [(task, s, context) for s in seeds])))
@@ -129,9 +130,8 @@ def main() -> None:
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
             print(entry, flush=True)
-    results = [
-        tuple(done[(job["key"], job["seed"])][k] for k in ("key", "seed", "before", "after", "train_time")) for job in jobs
-    ]
+    fields = ("key", "seed", "before", "after", "train_time")
+    results = [tuple(done[(job["key"], job["seed"])][k] for k in fields) for job in jobs if (job["key"], job["seed"]) in done]
     command = " ".join(["python benchmarks/defaults_sweep.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`",
