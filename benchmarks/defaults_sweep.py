@@ -83,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="point_reach", choices=list(suite.TASKS))
     parser.add_argument("--algo", default="StepNFT", choices=list(suite.FLOW))
-    parser.add_argument("--grid", default=None, choices=list(GRIDS), help="variations (default: the algorithm's)")
+    parser.add_argument(
+        "--grid", default=None, choices=[*GRIDS, "none"], help="variations (default: the algorithm's; none: --variations only)"
+    )
     parser.add_argument("--variations", nargs="*", default=[], help="extra variations as JSON, e.g. '{\"n_epochs\": 8}'")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning seeds")
     parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: the suite's)")
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="result file name (default defaults_sweep_<task>_<algo>[_<grid>])")
     args = parser.parse_args()
     task = suite.TASKS[args.task]
-    variations = GRIDS[args.grid or args.algo] + [json.loads(v) for v in args.variations]
+    variations = GRIDS.get(args.grid or args.algo, []) + [json.loads(v) for v in args.variations]
     budget = args.env_steps or task.env_steps
     os.makedirs(args.out, exist_ok=True)
     context = task.prepare(args.out, False)
