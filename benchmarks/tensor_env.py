@@ -11,8 +11,10 @@ env steps after a one-iteration warm-up, one torch thread, each run in a fresh p
   NumPy mode (``as_tensors=False``: the NumPy path, SB3's list infos) and its tensor mode (``as_tensors=True``: the
   device-resident path); the same dynamics and random streams, so the ratio is the cost of the two rollout paths.
 
-Runs alternate between the workloads (``--repeats`` rounds); the best run of each is reported (a shared machine's
-load only ever slows a run down).
+Throughput is env steps per second of the process's CPU time (one torch thread, so CPU time is the run's own work;
+wall time on a shared 2-core machine moved by ±50 % between identical runs). Runs alternate between the workloads
+(``--repeats`` rounds); the table gives the best run of each and, for the ratios, also the median of the per-round
+ratios (each round runs the compared workloads back to back).
 
     python benchmarks/tensor_env.py                                   # runs/tensor_env/tensor_env.md
     python benchmarks/tensor_env.py --steps 4000 --repeats 1          # a quick look
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +36,7 @@ HPARAMS = dict(n_steps=32, batch_size=256, n_epochs=2, num_denoise_steps=4, lear
 
 
 def worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> float:
-    """Env steps per second of one run (in this process, with the package at ``code_root``)."""
+    """Env steps per CPU second of one run (in this process, with the package at ``code_root``)."""
     sys.path.insert(0, code_root)
     import torch as th
 
@@ -54,9 +57,9 @@ def worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> flo
         env = TorchPointReachVecEnv(num_envs=n_envs, as_tensors=kind.startswith("tensor"))
     model = StepNFT("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), seed=seed, device="cpu", **HPARAMS)
     model.learn(HPARAMS["n_steps"] * n_envs)  # warm-up iteration
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other jobs on a shared machine barely move it
     model.learn(steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - start)
+    return steps / (time.process_time() - start)
 
 
 def run_worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> float:
@@ -91,13 +94,19 @@ def main() -> None:
         jobs = [("numpy PointReach", here), ("numpy TorchReach", here), ("tensor TorchReach", here)]
         if baseline:
             jobs.insert(0, ("numpy PointReach (baseline)", baseline))
-        best: dict[tuple[str, int], float] = {}
+        rates: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.repeats):
             for n_envs in args.n_envs:
                 for name, code_root in jobs:
                     rate = run_worker(code_root, name.replace(" (baseline)", ""), n_envs, args.steps, seed=round_)
-                    best[(name, n_envs)] = max(best.get((name, n_envs), 0.0), rate)
-                    print(f"round {round_}: {name:28s} n_envs={n_envs:4d}: {rate:8.0f} env steps/s", flush=True)
+                    rates.setdefault((name, n_envs), []).append(rate)
+                    print(f"round {round_}: {name:28s} n_envs={n_envs:4d}: {rate:8.0f} env steps/CPU s", flush=True)
+    best = {key: max(values) for key, values in rates.items()}
+
+    def paired(name: str, reference: str, n_envs: int) -> str:
+        ratios = [a / b for a, b in zip(rates[(name, n_envs)], rates[(reference, n_envs)])]
+        return f"{best[(name, n_envs)] / best[(reference, n_envs)]:.2f} (median per round {statistics.median(ratios):.2f})"
+
     lines = [
         "# Device-resident rollouts: throughput (StepNFT, CPU)",
         "",
@@ -106,9 +115,9 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), Python "
         f"{platform.python_version()}, one torch thread, best of {args.repeats} alternating runs of {args.steps} env steps "
-        f"each (StepNFT, MLP [64, 64], {HPARAMS}).",
+        f"each (StepNFT, MLP [64, 64], {HPARAMS}). Throughput in env steps per CPU second of the process.",
         "",
-        "| n_envs | workload | env steps/s | ratio |",
+        "| n_envs | workload | env steps/CPU s (best) | ratio of the best (median of per-round ratios) |",
         "|---|---|---|---|",
     ]
     for n_envs in args.n_envs:
@@ -116,11 +125,11 @@ def main() -> None:
         if baseline:
             before = best[("numpy PointReach (baseline)", n_envs)]
             lines.append(f"| {n_envs} | numpy PointReach, baseline `{args.baseline}` | {before:.0f} | 1.00 |")
-            ratio = f"{numpy_now / before:.2f} (after/before)"
-            lines.append(f"| {n_envs} | numpy PointReach, this change | {numpy_now:.0f} | {ratio} |")
+            ratio = paired("numpy PointReach", "numpy PointReach (baseline)", n_envs)
+            lines.append(f"| {n_envs} | numpy PointReach, this change | {numpy_now:.0f} | {ratio} after/before |")
         numpy_torch, tensor_torch = best[("numpy TorchReach", n_envs)], best[("tensor TorchReach", n_envs)]
         lines.append(f"| {n_envs} | numpy TorchReach (as_tensors=False) | {numpy_torch:.0f} | 1.00 |")
-        ratio = f"{tensor_torch / numpy_torch:.2f} (tensor/numpy)"
+        ratio = paired("tensor TorchReach", "numpy TorchReach", n_envs) + " tensor/numpy"
         lines.append(f"| {n_envs} | tensor TorchReach (as_tensors=True) | {tensor_torch:.0f} | {ratio} |")
     text = "\n".join(lines) + "\n"
     print(text)

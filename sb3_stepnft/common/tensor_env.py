@@ -39,9 +39,11 @@ at the step that caused them.
 
 Not supported on this path (a clear error or the NumPy path): SB3 ``VecEnvWrapper``\\ s around a tensor env (they
 work on NumPy arrays: :func:`is_tensor_env` raises), ``predict``/``evaluate_policy`` with tensor observations (use the
-env's NumPy mode, e.g. ``as_tensors=False``).
+env's NumPy mode, e.g. ``as_tensors=False``; :func:`~sb3_stepnft.common.evaluation.evaluate_success` switches a
+:class:`TensorVecEnv` to it for the evaluation, :func:`numpy_mode`).
 """
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -120,13 +122,32 @@ def tensor_infos_to_list(infos: dict[str, Any], dones: np.ndarray) -> list[dict[
             if key in DONE_ONLY_KEYS and not dones[i]:
                 continue
             if key == "terminal_observation":
-                out[i][key] = take_obs(value, i).copy() if not isinstance(value, dict) else take_obs(value, i)
+                out[i][key] = take_obs(value, i)  # rows of this step's fresh host copy: nothing aliases them
             elif isinstance(value, dict):
                 out[i][key] = {k: v[i].item() if np.ndim(v[i]) == 0 else v[i] for k, v in value.items()}
             else:
                 item = value[i]
                 out[i][key] = item.item() if np.ndim(item) == 0 else item
     return out
+
+
+@contextlib.contextmanager
+def numpy_mode(env: Any):
+    """Within the block, a :class:`TensorVecEnv` answers with SB3's NumPy types (``as_tensors=False``), for SB3's tools
+    (``evaluate_policy``); any other VecEnv is left as it is. A tensor env of another kind is a ``TypeError``."""
+    if not is_tensor_env(env):
+        yield env
+        return
+    if not isinstance(env, TensorVecEnv):
+        raise TypeError(
+            f"{type(env).__name__} returns tensors, and SB3's evaluation works on NumPy arrays: evaluate on a NumPy "
+            "VecEnv of the same task (or subclass sb3_stepnft.common.tensor_env.TensorVecEnv, which can switch)."
+        )
+    env.returns_tensors = False
+    try:
+        yield env
+    finally:
+        env.returns_tensors = True
 
 
 class TensorVecEnv(VecEnv):
@@ -178,9 +199,8 @@ class TensorVecEnv(VecEnv):
         return len(self._get_indices(indices))
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self, attr_name, None) if attr_name == "render_mode" else getattr(self, attr_name)] * self._count(
-            indices
-        )
+        value = getattr(self, attr_name, None) if attr_name == "render_mode" else getattr(self, attr_name)
+        return [value] * self._count(indices)
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
         setattr(self, attr_name, value)
@@ -192,4 +212,4 @@ class TensorVecEnv(VecEnv):
         return [False] * self._count(indices)
 
 
-__all__ = ["TensorVecEnv", "is_tensor_env", "as_device_obs", "to_numpy", "tensor_infos_to_list", "INFO_KEYS"]
+__all__ = ["TensorVecEnv", "is_tensor_env", "numpy_mode", "as_device_obs", "to_numpy", "tensor_infos_to_list", "INFO_KEYS"]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.monitor import Monitor
 
 from sb3_stepnft.common.tensor_env import TensorVecEnv
 
@@ -21,7 +22,7 @@ class TorchPointReachVecEnv(TensorVecEnv):
     Observation ``(x, y, goal_x - x, goal_y - y, last_action_x, last_action_y)``; action a velocity in [-1, 1]²;
     reward 1 and termination when the point is within ``goal_radius`` of the goal; truncation after
     ``max_episode_steps``. Infos: ``is_success`` (every step), ``TimeLimit.truncated`` and ``terminal_observation``
-    (every step, rows valid where done). Finished sub-envs are reset inside ``step_wait`` (partial reset) without a
+    (every step, rows valid where done); the NumPy mode adds Monitor's ``episode`` statistics where an episode ended. Finished sub-envs are reset inside ``step_wait`` (partial reset) without a
     host sync: new starts are drawn for every sub-env and kept where one finished.
 
     The random stream is the env's own ``torch.Generator`` on ``device``, seeded by ``seed()`` (SB3's convention:
@@ -108,6 +109,10 @@ class TorchPointReachVecEnv(TensorVecEnv):
         self._steps = th.where(dones, th.zeros_like(self._steps), self._steps)
         self._returns = th.where(dones, th.zeros_like(self._returns), self._returns)
         return self._output(self._obs(), rewards, dones, infos)
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        """Monitor's episode statistics are emulated (``info["episode"]`` in the NumPy mode), as ManiSkillGPUVecEnv."""
+        return [issubclass(Monitor, wrapper_class)] * self._count(indices)
 
 
 __all__ = ["TorchPointReachVecEnv"]

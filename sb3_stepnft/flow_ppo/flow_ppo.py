@@ -223,7 +223,8 @@ class FlowPPO(FlowPolicyGradient):
         """Data-parallel: the advantages are normalised with the mean and unbiased std of the rollouts of *all* ranks
         (one all-reduce of count, sum and sum of squares), so N ranks normalise as one process with N times the envs
         would. Every rank takes part, also one without data."""
-        if data is not None and isinstance(data["label"], th.Tensor):  # one copy per iteration (device-resident data)
+        device = data["label"].device if data is not None and isinstance(data["label"], th.Tensor) else None
+        if device is not None:  # device-resident data: one copy each way per iteration
             data["label"] = data["label"].cpu().numpy()
         advantages = np.zeros(0) if data is None else data["label"].astype(np.float64)
         count, total, squares = sum_over_ranks([len(advantages), advantages.sum(), (advantages**2).sum()])
@@ -232,6 +233,8 @@ class FlowPPO(FlowPolicyGradient):
         mean = total / count
         std = math.sqrt(max(squares - count * mean**2, 0.0) / (count - 1)) if count > 1 else 0.0
         data["label"] = ((advantages - mean) / (std + ADVANTAGE_EPS)).astype(np.float32)
+        if device is not None:
+            data["label"] = th.as_tensor(data["label"], device=device)
         return data
 
     def _extra_loss(self, batch: PPODecisions, features, stats: dict[str, float]) -> th.Tensor:
