@@ -22,8 +22,9 @@ class TorchPointReachVecEnv(TensorVecEnv):
     Observation ``(x, y, goal_x - x, goal_y - y, last_action_x, last_action_y)``; action a velocity in [-1, 1]²;
     reward 1 and termination when the point is within ``goal_radius`` of the goal; truncation after
     ``max_episode_steps``. Infos: ``is_success`` (every step), ``TimeLimit.truncated`` and ``terminal_observation``
-    (every step, rows valid where done); the NumPy mode adds Monitor's ``episode`` statistics where an episode ended. Finished sub-envs are reset inside ``step_wait`` (partial reset) without a
-    host sync: new starts are drawn for every sub-env and kept where one finished.
+    (every step, rows valid where done); the NumPy mode adds Monitor's ``episode`` statistics where an episode
+    ended. Finished sub-envs are reset inside ``step_wait`` (partial reset) without a host sync: new starts are drawn
+    for every sub-env and kept where one finished.
 
     The random stream is the env's own ``torch.Generator`` on ``device``, seeded by ``seed()`` (SB3's convention:
     the next ``reset`` uses it), independent of the global torch generator of the policy.
