@@ -50,7 +50,10 @@ def _copy_obs(obs: Any, device: th.device) -> Any:
 
 def _as_field(value: Any, device: th.device) -> Any:
     if isinstance(value, th.Tensor):
-        return value.to(device)
+        value = value.to(device)
+        if value.untyped_storage().nbytes() > value.nelement() * value.element_size():
+            value = value.clone()  # a view (e.g. the last state of a sampled chain) would keep the whole chain alive
+        return value
     return np.asarray(value)
 
 
