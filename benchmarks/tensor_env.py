@@ -19,6 +19,7 @@ ratios (each round runs the compared workloads back to back).
     python benchmarks/tensor_env.py                                   # runs/tensor_env/tensor_env.md
     python benchmarks/tensor_env.py --steps 4000 --repeats 1          # a quick look
     python benchmarks/tensor_env.py --out benchmarks/results          # rewrite the tracked result
+    python benchmarks/tensor_env.py --calls --steps 4000 --out benchmarks/results   # function calls per env step
 """
 
 import argparse
@@ -35,8 +36,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HPARAMS = dict(n_steps=32, batch_size=256, n_epochs=2, num_denoise_steps=4, learning_rate=1e-4)
 
 
-def worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> float:
-    """Env steps per CPU second of one run (in this process, with the package at ``code_root``)."""
+def worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int, calls: bool = False) -> float:
+    """Env steps per CPU second of one run (in this process, with the package at ``code_root``); with ``calls``,
+    Python function calls per env step instead (cProfile: deterministic, unlike timings on a shared machine)."""
     sys.path.insert(0, code_root)
     import torch as th
 
@@ -57,13 +59,21 @@ def worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> flo
         env = TorchPointReachVecEnv(num_envs=n_envs, as_tensors=kind.startswith("tensor"))
     model = StepNFT("MlpPolicy", env, policy_kwargs=dict(net_arch=[64, 64]), seed=seed, device="cpu", **HPARAMS)
     model.learn(HPARAMS["n_steps"] * n_envs)  # warm-up iteration
+    if calls:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(model.learn, steps, reset_num_timesteps=False)
+        return pstats.Stats(profile).total_calls / steps
     start = time.process_time()  # CPU time of this process: other jobs on a shared machine barely move it
     model.learn(steps, reset_num_timesteps=False)
     return steps / (time.process_time() - start)
 
 
-def run_worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int) -> float:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps([code_root, kind, n_envs, steps, seed])]
+def run_worker(code_root: str, kind: str, n_envs: int, steps: int, seed: int, calls: bool = False) -> float:
+    arguments = json.dumps([code_root, kind, n_envs, steps, seed, calls])
+    command = [sys.executable, os.path.abspath(__file__), "--worker", arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": code_root}
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env, cwd=code_root).stdout
     return float(output.strip().splitlines()[-1])
@@ -76,6 +86,31 @@ def extract(ref: str, folder: str) -> str:
     return folder
 
 
+def count_calls(args, here: str) -> None:
+    """The deterministic side of the regression check: Python function calls per env step of the NumPy path."""
+    lines = [
+        "# Device-resident rollouts: Python function calls per env step of the NumPy path (StepNFT, PointReach)",
+        "",
+        f"Command: `python benchmarks/tensor_env.py --calls --steps {args.steps} --n-envs "
+        f"{' '.join(map(str, args.n_envs))} --baseline {args.baseline}` (cProfile's call count over the timed "
+        "`learn`; training included).",
+        "",
+        "| n_envs | baseline | this change | ratio |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        baseline = extract(args.baseline, folder)
+        for n_envs in args.n_envs:
+            before = run_worker(baseline, "numpy PointReach", n_envs, args.steps, 0, calls=True)
+            after = run_worker(here, "numpy PointReach", n_envs, args.steps, 0, calls=True)
+            lines.append(f"| {n_envs} | {before:.1f} | {after:.1f} | {after / before:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "tensor_env_calls.md"), "w") as handle:
+        handle.write(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20000, help="timed env steps per run")
@@ -83,12 +118,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default="main", help="git ref of the code before the change ('' to skip)")
     parser.add_argument("--out", default="runs/tensor_env")
+    parser.add_argument(
+        "--calls", action="store_true", help="Python function calls per env step of the NumPy path, before and after"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(worker(*json.loads(args.worker)))
         return
     here = os.path.realpath(ROOT)
+    if args.calls:
+        count_calls(args, here)
+        return
     with tempfile.TemporaryDirectory() as folder:
         baseline = extract(args.baseline, folder) if args.baseline else None
         jobs = [("numpy PointReach", here), ("numpy TorchReach", here), ("tensor TorchReach", here)]
