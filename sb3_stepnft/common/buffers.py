@@ -14,25 +14,70 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.utils import obs_as_tensor
+
+from sb3_stepnft.common.tensor_env import as_device_obs
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, th.Tensor) or (isinstance(value, dict) and any(isinstance(v, th.Tensor) for v in value.values()))
 
 
 def _concat(parts: list[Any]) -> Any:
     if isinstance(parts[0], dict):
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return {key: _concat([p[key] for p in parts]) for key in parts[0]}
+    if isinstance(parts[0], th.Tensor):
+        return th.cat(parts)
     return np.concatenate(parts)
 
 
-def _take(data: Any, index: np.ndarray) -> Any:
+def _stack(parts: list[Any]) -> Any:
+    return th.stack(parts) if isinstance(parts[0], th.Tensor) else np.stack(parts)
+
+
+def _take(data: Any, index: Any) -> Any:
     if isinstance(data, dict):
         return {key: value[index] for key, value in data.items()}
     return data[index]
 
 
-def _copy_obs(obs: Any) -> Any:
+def _copy_obs(obs: Any, device: th.device) -> Any:
     if isinstance(obs, dict):
-        return {key: np.array(value, copy=True) for key, value in obs.items()}
+        return {key: _copy_obs(value, device) for key, value in obs.items()}
+    if isinstance(obs, th.Tensor):  # device-resident rollouts: a copy on the buffer's device (the env may reuse it)
+        return obs.to(device, copy=True)
     return np.array(obs, copy=True)
+
+
+def _as_field(value: Any, device: th.device) -> Any:
+    if isinstance(value, th.Tensor):
+        value = value.to(device)
+        if value.untyped_storage().nbytes() > value.nelement() * value.element_size():
+            value = value.clone()  # a view (e.g. the last state of a sampled chain) would keep the whole chain alive
+        return value
+    return np.asarray(value)
+
+
+def _label_lookup(labels: dict[int, float | None], episode_ids: Any) -> tuple[Any, Any]:
+    """``(known, values)`` for every decision: whether its episode has a label, and the label (NaN for None, a dropped
+    episode). One vectorised lookup instead of a Python loop over decisions; on tensors one small host-to-device copy
+    of the labels per call."""
+    keys = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
+    values = np.array([np.nan if v is None else v for v in labels.values()], dtype=np.float64)
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    if isinstance(episode_ids, th.Tensor):
+        device = episode_ids.device
+        keys_t, values_t = th.as_tensor(keys, device=device), th.as_tensor(values, device=device)
+        position = th.searchsorted(keys_t, episode_ids).clamp_(max=len(keys) - 1)
+        return keys_t[position] == episode_ids, values_t[position]
+    position = np.minimum(np.searchsorted(keys, episode_ids), len(keys) - 1)
+    return keys[position] == episode_ids, values[position]
+
+
+def _host_ids(episode_ids: Any) -> list[int]:
+    if isinstance(episode_ids, th.Tensor):
+        return episode_ids.cpu().tolist()  # one device-to-host copy per call (per iteration)
+    return episode_ids.tolist()
 
 
 class DecisionBuffer:
@@ -41,6 +86,10 @@ class DecisionBuffer:
     :param observation_space: The observation space (Box or Dict).
     :param n_envs: Number of parallel envs.
     :param device: Device of the tensors handed to ``train``.
+
+    Fields and observations are NumPy arrays (an ordinary VecEnv) or, on device-resident rollouts (a tensor VecEnv,
+    :mod:`sb3_stepnft.common.tensor_env`), tensors on ``device``: every operation keeps the type it is given, so the
+    tensor path never leaves the device except for the episode ids of the labelling (once per iteration).
     """
 
     def __init__(self, observation_space: spaces.Space, n_envs: int, device: th.device | str = "cpu"):
@@ -58,11 +107,15 @@ class DecisionBuffer:
         """Start a rollout. Nothing is dropped: pending decisions, and steps of a rollout that a callback
         stopped early, are merged at the next :meth:`finish_rollout`."""
 
-    def add(self, obs: Any, episode_ids: np.ndarray, **fields: np.ndarray) -> None:
-        """Add one env step: ``obs`` and every field have a leading ``n_envs`` axis."""
-        record = {key: np.asarray(value) for key, value in fields.items()}
-        record["obs"] = _copy_obs(obs)
-        record["episode_id"] = np.asarray(episode_ids, dtype=np.int64).copy()
+    def add(self, obs: Any, episode_ids: np.ndarray | th.Tensor, **fields: np.ndarray | th.Tensor) -> None:
+        """Add one env step: ``obs`` and every field have a leading ``n_envs`` axis (arrays, or tensors that stay on
+        the buffer's device)."""
+        record = {key: _as_field(value, self.device) for key, value in fields.items()}
+        record["obs"] = _copy_obs(obs, self.device)
+        if isinstance(episode_ids, th.Tensor):
+            record["episode_id"] = episode_ids.to(self.device, th.int64, copy=True)
+        else:
+            record["episode_id"] = np.asarray(episode_ids, dtype=np.int64).copy()
         self._steps.append(record)
 
     def label(self, labels: dict[int, float | None]) -> None:
@@ -78,7 +131,7 @@ class DecisionBuffer:
         if not self._steps:
             raise RuntimeError("No decision was added since the last labelling")
         keys = [key for key in self._steps[0] if key != "obs"]
-        return {key: np.stack([step[key] for step in self._steps]) for key in keys}
+        return {key: _stack([step[key] for step in self._steps]) for key in keys}
 
     def label_steps(self, labels: np.ndarray, **fields: np.ndarray) -> None:
         """Label every decision added since the last labelling at once, independently of episodes.
@@ -89,8 +142,11 @@ class DecisionBuffer:
         if len(labels) != len(self._steps):
             raise ValueError(f"label_steps got labels for {len(labels)} steps, the buffer holds {len(self._steps)}")
         for index, step in enumerate(self._steps):
-            step["label"] = np.asarray(labels[index], dtype=np.float32)
-            step.update({key: np.asarray(value[index]) for key, value in fields.items()})
+            if isinstance(labels, th.Tensor):
+                step["label"] = labels[index].to(self.device, th.float32)
+            else:
+                step["label"] = np.asarray(labels[index], dtype=np.float32)
+            step.update({key: _as_field(value[index], self.device) for key, value in fields.items()})
         self._labelled.append({key: _concat([step[key] for step in self._steps]) for key in self._steps[0]})
         self._steps = []
 
@@ -102,17 +158,26 @@ class DecisionBuffer:
         if not parts:
             return
         merged = {key: _concat([p[key] for p in parts]) for key in parts[0]}
-        dropped = np.array([eid in self._labels and self._labels[eid] is None for eid in merged["episode_id"]], dtype=bool)
-        if dropped.any():
-            self.dropped_decisions += int(dropped.sum())
-            merged = {key: _take(value, ~dropped) for key, value in merged.items()}
-        known = np.array([eid in self._labels for eid in merged["episode_id"]], dtype=bool)
-        if known.any():
-            labelled = {key: _take(value, known) for key, value in merged.items()}
-            labelled["label"] = np.array([self._labels[eid] for eid in labelled["episode_id"]], dtype=np.float32)
+        ids = merged["episode_id"]
+        tensors = isinstance(ids, th.Tensor)
+        if not self._labels:  # nothing labelled: every decision stays pending
+            self._pending = merged if len(ids) else None
+            return
+        known, values = _label_lookup(self._labels, ids)
+        dropped = known & (values.isnan() if tensors else np.isnan(values))
+        n_dropped = int(dropped.sum())
+        if n_dropped:
+            self.dropped_decisions += n_dropped
+        labelled_rows = known & ~dropped
+        n_labelled = int(labelled_rows.sum())
+        if n_labelled:
+            labelled = {key: _take(value, labelled_rows) for key, value in merged.items()}
+            labels = values[labelled_rows]
+            labelled["label"] = labels.to(th.float32) if tensors else labels.astype(np.float32)
             self._labelled.append(labelled)
-        self._pending = {key: _take(value, ~known) for key, value in merged.items()} if (~known).any() else None
-        pending_ids = set(self._pending["episode_id"].tolist()) if self._pending is not None else set()
+        n_pending = len(ids) - int(known.sum())
+        self._pending = {key: _take(value, ~known) for key, value in merged.items()} if n_pending else None
+        pending_ids = set(_host_ids(self._pending["episode_id"])) if self._pending is not None else set()
         self._labels = {eid: value for eid, value in self._labels.items() if eid in pending_ids}
 
     # ------------------------------------------------------------------------------------------------ access
@@ -134,8 +199,8 @@ class DecisionBuffer:
         excess = self.n_pending - max_pending
         if excess <= 0:
             return 0
-        self._pending = {key: _take(value, np.arange(excess, self.n_pending)) for key, value in self._pending.items()}
-        kept = set(self._pending["episode_id"].tolist())
+        self._pending = {key: _take(value, slice(excess, None)) for key, value in self._pending.items()}
+        kept = set(_host_ids(self._pending["episode_id"]))
         self._labels = {eid: value for eid, value in self._labels.items() if eid in kept}
         return excess
 
@@ -152,10 +217,19 @@ class DecisionBuffer:
         parts, self._labelled = self._labelled, []
         return {key: _concat([p[key] for p in parts]) for key in parts[0]}
 
-    def to_torch(self, data: dict[str, Any], index: np.ndarray | None = None) -> dict[str, Any]:
-        """Tensors on the buffer's device for a minibatch (observations through SB3's ``obs_as_tensor``)."""
+    def to_torch(self, data: dict[str, Any], index: np.ndarray | th.Tensor | None = None) -> dict[str, Any]:
+        """Tensors on the buffer's device for a minibatch (observations through SB3's ``obs_as_tensor``). Stored
+        tensors (device-resident rollouts) are indexed where they are, with an index on their device."""
         out = {}
         for key, value in data.items():
             value = value if index is None else _take(value, index)
-            out[key] = obs_as_tensor(value, self.device) if key == "obs" else th.as_tensor(value, device=self.device)
+            if key == "obs":
+                out[key] = as_device_obs(value, self.device)
+            else:
+                out[key] = value if isinstance(value, th.Tensor) else th.as_tensor(value, device=self.device)
         return out
+
+    @staticmethod
+    def holds_tensors(data: dict[str, Any] | None) -> bool:
+        """Whether ``data`` (from :meth:`pop_labelled`) holds tensors (device-resident rollouts)."""
+        return data is not None and _is_tensor(data["episode_id"])

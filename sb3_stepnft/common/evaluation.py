@@ -7,6 +7,8 @@ import torch as th
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_stepnft.common.tensor_env import numpy_mode
+
 
 def evaluate_success(
     model,
@@ -22,6 +24,8 @@ def evaluate_success(
     With ``seed``, the env is reseeded and the policy's noise drawn from a forked, seeded torch generator, so the
     evaluation is reproducible and leaves the global random state as it was. An episode counts as a success when
     its final ``info["is_success"]`` is true (``ActionChunk`` and ``SuccessInfo`` report it).
+
+    A tensor VecEnv (:class:`~sb3_stepnft.common.tensor_env.TensorVecEnv`) is evaluated in its NumPy mode.
 
     :param seed_env: False: ``seed`` seeds only the policy's noise and the env keeps its own order of initial states
         (envs with fixed initial states, e.g. LIBERO's protocol in :func:`sb3_stepnft.envs.evaluate_libero`).
@@ -40,7 +44,7 @@ def evaluate_success(
             successes.append(bool(info.get("is_success", False)))
             env_steps.append(running.pop(i))
 
-    with th.random.fork_rng(devices=[]):
+    with th.random.fork_rng(devices=[]), numpy_mode(env):  # a TensorVecEnv answers in NumPy for SB3's evaluation
         if seed is not None:
             if seed_env:
                 env.seed(seed)

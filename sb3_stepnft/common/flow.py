@@ -243,7 +243,8 @@ class FlowSolver:
         """A LongTensor of valid transition indices ``0..K-1``, or a ValueError naming K."""
         if step_index.dtype.is_floating_point:
             raise TypeError("step_index must be an integer tensor (LongTensor)")
-        if step_index.numel() and (int(step_index.min()) < 0 or int(step_index.max()) >= self.num_denoise_steps):
+        # one host sync (a bool) on a device tensor, not two (min and max); the values only for the message
+        if step_index.numel() and bool(((step_index < 0) | (step_index >= self.num_denoise_steps)).any()):
             raise ValueError(
                 f"step_index must lie in [0, {self.num_denoise_steps - 1}] for this solver (K={self.num_denoise_steps}), "
                 f"got values in [{int(step_index.min())}, {int(step_index.max())}]"

@@ -6,6 +6,12 @@ What differs per algorithm: which solver steps are stochastic and what is stored
 loss of a minibatch (:meth:`_loss`, with :meth:`_after_update` for StepNFT's EMA step). Everything else -- SB3's
 callback order, episode bookkeeping, pending decisions across rollouts, discards on outside resets, the one update
 loop (:meth:`train`) -- lives here once.
+
+One rollout loop serves two kinds of env: an ordinary (NumPy) VecEnv, and a *tensor VecEnv*
+(:mod:`sb3_stepnft.common.tensor_env`) whose observations, rewards, dones and infos are device tensors. For the latter
+the data stay on the device (no per-step ``.cpu().numpy()``): the loop converts only at its edges (actions to the env,
+observations to the policy), the decision buffer stores tensors, and episode bookkeeping runs on the device, copied to
+the host once per rollout for labelling (:meth:`FlowOnPolicyAlgorithm._finish_episode_tracking`).
 """
 
 import contextlib
@@ -22,7 +28,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
@@ -42,6 +47,7 @@ from sb3_stepnft.common.optim import NonFiniteLossError, RunningMeans, optimizer
 from sb3_stepnft.common.persistence import load_checkpoint, save_checkpoint
 from sb3_stepnft.common.policies import BaseFlowPolicy, CnnFlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
 from sb3_stepnft.common.records import FlowDecisions
+from sb3_stepnft.common.tensor_env import action_bounds, as_device_obs, is_tensor_env
 
 SelfFlowOnPolicyAlgorithm = TypeVar("SelfFlowOnPolicyAlgorithm", bound="FlowOnPolicyAlgorithm")
 
@@ -300,6 +306,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_episode_return",
             "_env_episode_counts",
             "_finished_episodes",
+            "_episode_length",
+            "_next_episode_id_t",
+            "_episode_steps",
             "_feature_memo",
             "labeller",
             "_labelled_in_learn",
@@ -316,6 +325,8 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
+        if self.env is not None:
+            is_tensor_env(self.env)  # a VecEnvWrapper around a tensor env: a TypeError naming the fix, before the reset
         lost = self.__dict__.pop("_lost_at_load", 0)
         if lost and not reset_num_timesteps:
             warnings.warn(
@@ -464,7 +475,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         backbone pass (a trainable encoder changes in ``train``, so its features are never reused)."""
         if self._feature_memo is not None and self._feature_memo[0] is obs:
             return self._feature_memo[1]
-        features = self.policy.encode(obs_as_tensor(obs, self.device))
+        features = self.policy.encode(as_device_obs(obs, self.device))
         self._feature_memo = (obs, features) if self.policy.encoder_is_frozen else None
         return features
 
@@ -573,8 +584,11 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_minibatches = max_over_ranks(math.ceil(n_decisions / self.batch_size))  # one collective per iteration
         if n_minibatches:
             parameters = list(self.policy.trainable_parameters())
+            on_device = self.rollout_buffer.holds_tensors(data)
             for _ in range(self.n_epochs):
-                permutation = th.randperm(n_decisions).numpy()
+                # the same CPU random stream on both paths; device-resident data: one copy of the permutation per epoch
+                permutation = th.randperm(n_decisions)
+                permutation = permutation.to(data["episode_id"].device) if on_device else permutation.numpy()
                 for start in range(0, n_minibatches * self.batch_size, self.batch_size):
                     index = permutation[start : start + self.batch_size]
                     step_stats: dict[str, float] = {}
@@ -614,7 +628,8 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if not len(index):
             return
         n_parts = min(getattr(self, "gradient_accumulation_steps", 1), len(index))
-        for part in np.array_split(index, n_parts):
+        parts = th.tensor_split(index, n_parts) if isinstance(index, th.Tensor) else np.array_split(index, n_parts)
+        for part in parts:
             weight = 1.0 if n_parts == 1 else len(part) / len(index)
             batch = self.decision_type.from_batch(self.rollout_buffer.to_torch(data, part))
             loss, part_stats = self._loss(batch, part)
@@ -633,11 +648,19 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         rollout_buffer: DecisionBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        """Collect exactly ``n_rollout_steps`` steps per env, keeping SB3's callback order and local names."""
+        """Collect exactly ``n_rollout_steps`` steps per env, keeping SB3's callback order and local names.
+
+        With a tensor VecEnv (:func:`~sb3_stepnft.common.tensor_env.is_tensor_env`) every local stays a device tensor
+        (``actions``, ``rewards``, ``dones``; ``infos`` is the env's dict of batched tensors) and nothing is copied to
+        the host per step; episodes are turned into labels from one host copy at the end of the rollout."""
         assert self._last_obs is not None, "No previous observation was provided"
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()
+        on_device = is_tensor_env(env)
+        self._place_episode_tracking(self.device if on_device else None)
+        if on_device:
+            action_low, action_high = action_bounds(self.action_space, self.device)
         callback.on_rollout_start()
         self._on_rollout_start()
 
@@ -648,12 +671,17 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
                 normalised, record = self._sample_decisions(features)
                 if self.policy.cache_features:
                     record["features"] = self.policy.features_to_flat(features)
-                actions = self.policy.to_env_units(normalised).cpu().numpy()
-            clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+                actions = self.policy.to_env_units(normalised)
+                if not on_device:
+                    actions = actions.cpu().numpy()
+            if on_device:  # the edge of the tensor path: actions go to the env's device (no copy on the same device)
+                clipped_actions = th.clamp(actions, action_low, action_high).to(env.device)
+            else:
+                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs * get_world_size()  # global env steps (all data-parallel ranks)
 
-            fields = {key: value.cpu().numpy() for key, value in record.items()}
+            fields = record if on_device else {key: value.cpu().numpy() for key, value in record.items()}
             with th.no_grad():
                 fields.update(self._step_outcome(rewards, dones, infos))
             rollout_buffer.add(self._last_obs, self._episode_ids, row_mask=self._executed_rows(infos), **fields)
@@ -664,10 +692,15 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             # Give access to local variables (SB3 names: new_obs, rewards, dones, infos, actions)
             callback.update_locals(locals())
             if not callback.on_step():
+                if on_device:
+                    self._finish_episode_tracking()
                 return self._all_ranks_continue(False)
-            self._update_info_buffer(infos, dones)
+            if not on_device:  # tensor path: the episode statistics are filled at the end of the rollout
+                self._update_info_buffer(infos, dones)
             n_steps += 1
 
+        if on_device:
+            self._finish_episode_tracking()
         self._label_rollout(rollout_buffer)
         callback.update_locals(locals())
         callback.on_rollout_end()
@@ -681,9 +714,15 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             return continue_training
         return max_over_ranks(int(not continue_training)) == 0
 
-    def _executed_rows(self, infos: list[dict[str, Any]]) -> np.ndarray:
-        """``(n_envs, H)`` mask of the chunk rows that ran (``info["env_steps"]`` from ``ActionChunk``)."""
+    def _executed_rows(self, infos: list[dict[str, Any]] | dict[str, Any]) -> np.ndarray | th.Tensor:
+        """``(n_envs, H)`` mask of the chunk rows that ran (``info["env_steps"]`` from ``ActionChunk``; a tensor env's
+        batched ``infos["env_steps"]``)."""
         rows = self.policy.executed_rows
+        if isinstance(infos, dict):  # a tensor env: one dict of batched tensors
+            env_steps = infos.get("env_steps")
+            if env_steps is None:
+                return th.ones((self.n_envs, rows), dtype=th.bool, device=self.device)
+            return th.arange(rows, device=self.device) < env_steps.to(self.device).reshape(-1, 1)
         mask = np.ones((len(infos), rows), dtype=bool)
         for i, info in enumerate(infos):
             if "env_steps" in info:
@@ -696,6 +735,9 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         return rewards
 
     def _track_episodes(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        if isinstance(self._episode_ids, th.Tensor):
+            self._track_episodes_on_device(rewards, dones, infos)
+            return
         check_finite_rewards(self._original_rewards(rewards))
         self._episode_return += self._original_rewards(rewards)
         for i, info in enumerate(infos):
@@ -719,3 +761,81 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             self._next_episode_id += 1
             self._episode_success[i] = False
             self._episode_return[i] = 0.0
+
+    # ------------------------------------------------------------------------------ device-resident bookkeeping
+    def _place_episode_tracking(self, device: th.device | None) -> None:
+        """Move the per-env episode bookkeeping to ``device`` (tensor VecEnvs) or back to NumPy (None); nothing moves
+        when it is where it should be (a copy only when the kind of env changes, e.g. ``set_env``)."""
+        names = ("_episode_ids", "_episode_success", "_episode_return", "_env_episode_counts")
+        on_device = isinstance(self._episode_ids, th.Tensor)
+        if device is None and on_device:
+            for name in names:
+                setattr(self, name, getattr(self, name).cpu().numpy())
+            self._episode_length = self._next_episode_id_t = None
+        elif device is not None and (not on_device or self._episode_ids.device != th.device(device)):
+            for name in names:
+                setattr(self, name, th.as_tensor(np.asarray(getattr(self, name)), device=device))
+            self._episode_length = th.zeros(self.n_envs, dtype=th.long, device=device)
+            self._next_episode_id_t = th.tensor(self._next_episode_id, dtype=th.long, device=device)
+        if device is not None:
+            self._episode_steps: list[dict[str, th.Tensor]] = []
+
+    def _track_episodes_on_device(self, rewards: th.Tensor, dones: th.Tensor, infos: dict[str, Any]) -> None:
+        """The bookkeeping of :meth:`_track_episodes` as tensor operations, without a host sync: the end-of-step state
+        of every env is remembered and turned into :class:`FinishedEpisode`\\ s by :meth:`_finish_episode_tracking`.
+        New episode ids are given to finished envs in env order, as the NumPy path does."""
+        device = self._episode_ids.device
+        rewards = rewards.to(device).reshape(self.n_envs)
+        dones = dones.to(device).reshape(self.n_envs).bool()
+        success = infos.get("is_success")
+        self._episode_return += rewards
+        self._episode_length += 1
+        if success is not None:
+            self._episode_success |= success.to(device).reshape(self.n_envs).bool()
+        self._episode_steps.append(
+            dict(
+                done=dones,
+                reward=rewards,
+                episode_id=self._episode_ids.clone(),
+                success=self._episode_success.clone(),
+                has_flag=th.full((self.n_envs,), success is not None, dtype=th.bool, device=device),
+                episode_return=self._episode_return.clone(),
+                length=self._episode_length.clone(),
+                env_episode_index=self._env_episode_counts.clone(),
+            )
+        )
+        new_ids = self._next_episode_id_t + th.cumsum(dones, 0) - 1
+        self._episode_ids = th.where(dones, new_ids, self._episode_ids)
+        self._next_episode_id_t = self._next_episode_id_t + dones.sum()
+        self._env_episode_counts += dones
+        self._episode_success &= ~dones
+        self._episode_return = th.where(dones, th.zeros_like(self._episode_return), self._episode_return)
+        self._episode_length = th.where(dones, th.zeros_like(self._episode_length), self._episode_length)
+
+    def _finish_episode_tracking(self) -> None:
+        """End of a device-resident rollout: one host copy of the remembered end-of-step states, then, in the order
+        of the NumPy path (step by step, env by env), the reward check, the :class:`FinishedEpisode`\\ s for the
+        labeller, :meth:`_on_episode_end` and the ``rollout/*`` episode statistics."""
+        steps, self._episode_steps = self._episode_steps, []
+        if not steps:
+            return
+        host = {key: th.stack([step[key] for step in steps]).cpu().numpy() for key in steps[0]}
+        for rewards in host["reward"]:
+            check_finite_rewards(rewards)
+        self._next_episode_id = int(self._next_episode_id_t.item())
+        for t, i in zip(*np.nonzero(host["done"])):
+            has_flag = bool(host["has_flag"][t, i])
+            success = bool(host["success"][t, i])
+            episode = FinishedEpisode(
+                int(host["episode_id"][t, i]),
+                int(i),
+                success if has_flag else None,
+                float(host["episode_return"][t, i]),
+                int(host["env_episode_index"][t, i]),
+            )
+            self._finished_episodes.append(episode)
+            info = {"is_success": success} if has_flag else {}
+            self._on_episode_end(episode, info)
+            self.ep_info_buffer.extend([{"r": episode.episode_return, "l": int(host["length"][t, i])}])
+            if has_flag:
+                self.ep_success_buffer.append(success)

@@ -81,7 +81,7 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
             step_index=step_index,
             old_row_log_prob=self._row_log_prob(x_j, velocity, x_next, step_index),
             # Weights that sampled the decision: _n_updates only moves when a gradient step was taken.
-            policy_version=th.full((batch,), self._n_updates, dtype=th.long),
+            policy_version=th.full((batch,), self._n_updates, dtype=th.long, device=self.device),
         )
         return chain.sample, record
 
@@ -127,7 +127,8 @@ class FlowPolicyGradient(FlowOnPolicyAlgorithm):
 
     def _after_update(self, data: dict[str, Any] | None) -> None:
         if data is not None:
-            self.logger.record("train/stale_fraction", float(1.0 - self._fresh.mean()))
+            fresh = self._fresh.float() if isinstance(self._fresh, th.Tensor) else self._fresh  # tensors: on-device data
+            self.logger.record("train/stale_fraction", float(1.0 - fresh.mean()))
         if self.first_minibatch_ratio_error is not None:
             self.logger.record("train/first_minibatch_ratio_error", self.first_minibatch_ratio_error)
         self.logger.record("train/clip_range", self._clip_range_now)

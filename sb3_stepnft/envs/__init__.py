@@ -8,6 +8,7 @@ from sb3_stepnft.envs.lang_reach import collect_demonstrations as collect_lang_r
 from sb3_stepnft.envs.libero import evaluate_libero, make_libero_env
 from sb3_stepnft.envs.maniskill import ManiSkillSpec, make_maniskill_env, make_maniskill_vec_env
 from sb3_stepnft.envs.point_reach import PointReachEnv, collect_demonstrations
+from sb3_stepnft.envs.testing import TorchPointReachVecEnv
 
 POINT_REACH_ID = "sb3_stepnft/PointReach-v0"
 if POINT_REACH_ID not in gym.registry:
@@ -18,6 +19,7 @@ if LANG_REACH_ID not in gym.registry:
 
 __all__ = [
     "PointReachEnv",
+    "TorchPointReachVecEnv",
     "collect_demonstrations",
     "POINT_REACH_ID",
     "LangReachEnv",

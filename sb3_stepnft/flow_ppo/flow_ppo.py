@@ -14,6 +14,7 @@ from sb3_stepnft.common.policies import FlowPolicy
 from sb3_stepnft.common.policy_gradient import FlowPolicyGradient, check_schedule_or_positive
 from sb3_stepnft.common.records import PPODecisions
 from sb3_stepnft.common.surrogate import DUAL_CLIP, clipped_value_loss
+from sb3_stepnft.common.tensor_env import as_device_obs, take_obs, to_numpy
 from sb3_stepnft.flow_ppo.gae import GAE
 
 ADVANTAGE_EPS = 1e-5  # πRL's advantage normalisation, over the whole rollout (unbiased std, as torch.std)
@@ -163,7 +164,12 @@ class FlowPPO(FlowPolicyGradient):
 
     def _step_outcome(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """The decision's reward (a chunk's rewards are already summed by ``ActionChunk``), bootstrapped with
-        ``γ·V(terminal observation)`` at a time-limit truncation as SB3's PPO does, and whether the episode ended."""
+        ``γ·V(terminal observation)`` at a time-limit truncation as SB3's PPO does, and whether the episode ended.
+
+        A tensor env (batched ``infos``): the same on the device, with one host sync of one bool per step (whether any
+        env was truncated) so that the critic runs only on the truncated envs' terminal observations."""
+        if isinstance(infos, dict):
+            return self._step_outcome_on_device(rewards, dones, infos)
         rewards = np.array(rewards, dtype=np.float32, copy=True)  # callbacks still see the env's rewards
         for index, done in enumerate(dones):
             info = infos[index]
@@ -172,6 +178,18 @@ class FlowPPO(FlowPolicyGradient):
                 rewards[index] += self.gamma * float(self.policy.predict_values(terminal_obs)[0].item())
         return dict(reward=rewards, done=np.asarray(dones, dtype=bool))
 
+    def _step_outcome_on_device(self, rewards: th.Tensor, dones: th.Tensor, infos: dict[str, Any]) -> dict[str, th.Tensor]:
+        rewards = rewards.to(self.device, th.float32).reshape(self.n_envs).clone()  # callbacks still see the env's
+        dones = dones.to(self.device).reshape(self.n_envs).bool()
+        truncated, terminal = infos.get("TimeLimit.truncated"), infos.get("terminal_observation")
+        if truncated is not None and terminal is not None:
+            bootstrap = dones & truncated.to(self.device).reshape(self.n_envs).bool()
+            if bootstrap.any():  # the one host sync per step of FlowPPO's tensor path
+                index = bootstrap.nonzero().flatten()
+                terminal_obs = as_device_obs(take_obs(terminal, index.to(_device_of(terminal))), self.device)
+                rewards[index] += self.gamma * self.policy.predict_values(terminal_obs).flatten().float()
+        return dict(reward=rewards, done=dones)
+
     def _make_labeller(self) -> GAE:
         return GAE(self.gamma, self.gae_lambda)
 
@@ -179,7 +197,9 @@ class FlowPPO(FlowPolicyGradient):
         """GAE advantages for every decision of the rollout: FlowPPO never keeps decisions pending."""
         with th.no_grad():
             last_features = self._encode_observation(self._last_obs)  # reused by the next rollout's first step
-            last_values = self.policy.value_from_features(last_features).flatten().cpu().numpy()
+            last_values = self.policy.value_from_features(last_features).flatten()
+            if not isinstance(steps["reward"], th.Tensor):  # device-resident rollouts keep the values on the device
+                last_values = last_values.cpu().numpy()
         advantages, returns = self.labeller.label(steps, last_values)
         return advantages, dict(returns=returns)
 
@@ -188,7 +208,11 @@ class FlowPPO(FlowPolicyGradient):
         data = self.rollout_buffer.pop_labelled()
         if is_distributed():
             return self._normalise_over_ranks(data)
-        if data is not None:
+        if data is not None and isinstance(data["label"], th.Tensor):  # device-resident rollouts: the same on the device
+            advantages = data["label"].double()
+            std = advantages.std() if len(advantages) > 1 else 0.0
+            data["label"] = ((advantages - advantages.mean()) / (std + ADVANTAGE_EPS)).float()
+        elif data is not None:
             # Normalised over the whole rollout, not per minibatch (πRL: unbiased torch.std + 1e-5); returns are not.
             advantages = data["label"].astype(np.float64)
             std = advantages.std(ddof=1) if len(advantages) > 1 else 0.0
@@ -199,6 +223,9 @@ class FlowPPO(FlowPolicyGradient):
         """Data-parallel: the advantages are normalised with the mean and unbiased std of the rollouts of *all* ranks
         (one all-reduce of count, sum and sum of squares), so N ranks normalise as one process with N times the envs
         would. Every rank takes part, also one without data."""
+        device = data["label"].device if data is not None and isinstance(data["label"], th.Tensor) else None
+        if device is not None:  # device-resident data: one copy each way per iteration
+            data["label"] = data["label"].cpu().numpy()
         advantages = np.zeros(0) if data is None else data["label"].astype(np.float64)
         count, total, squares = sum_over_ranks([len(advantages), advantages.sum(), (advantages**2).sum()])
         if data is None or count == 0:
@@ -206,6 +233,8 @@ class FlowPPO(FlowPolicyGradient):
         mean = total / count
         std = math.sqrt(max(squares - count * mean**2, 0.0) / (count - 1)) if count > 1 else 0.0
         data["label"] = ((advantages - mean) / (std + ADVANTAGE_EPS)).astype(np.float32)
+        if device is not None:
+            data["label"] = th.as_tensor(data["label"], device=device)
         return data
 
     def _extra_loss(self, batch: PPODecisions, features, stats: dict[str, float]) -> th.Tensor:
@@ -217,6 +246,11 @@ class FlowPPO(FlowPolicyGradient):
 
     def _log_training(self, data: dict[str, Any] | None) -> None:
         if data is not None:
-            self.logger.record("train/explained_variance", float(explained_variance(data["value"], data["returns"])))
+            values, returns = to_numpy(data["value"]), to_numpy(data["returns"])  # one copy each on device-resident data
+            self.logger.record("train/explained_variance", float(explained_variance(values, returns)))
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", self.clip_range_vf(self._current_progress_remaining))
+
+
+def _device_of(obs: Any) -> th.device:
+    return next(iter(obs.values())).device if isinstance(obs, dict) else obs.device

@@ -3,6 +3,7 @@
 from typing import Any
 
 import numpy as np
+import torch as th
 
 
 def compute_gae(
@@ -22,7 +23,11 @@ def compute_gae(
     :param dones: ``(T, N)`` whether the episode ended with decision t (termination or truncation).
     :param last_values: ``(N,)`` ``V`` of the observations after the last decision.
     :return: ``(advantages, returns)``, both ``(T, N)`` float32, ``returns = advantages + values``.
+
+    Tensors in (device-resident rollouts): the same recursion in float64 on their device, tensors out.
     """
+    if isinstance(rewards, th.Tensor):
+        return _compute_gae_tensors(rewards, values, dones, last_values, gamma, gae_lambda)
     rewards = np.asarray(rewards, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     dones = np.asarray(dones, dtype=bool)
@@ -38,6 +43,23 @@ def compute_gae(
         advantages[t] = running
         next_values = values[t]
     return advantages.astype(np.float32), (advantages + values).astype(np.float32)
+
+
+def _compute_gae_tensors(rewards, values, dones, last_values, gamma, gae_lambda) -> tuple[th.Tensor, th.Tensor]:
+    rewards, values = rewards.double(), values.double()
+    dones = dones.bool()
+    if not rewards.shape == values.shape == dones.shape:
+        raise ValueError(f"rewards, values and dones must have one shape, got {rewards.shape}, {values.shape}, {dones.shape}")
+    advantages = th.zeros_like(rewards)
+    next_values = last_values.double().reshape(rewards.shape[1:])
+    running = th.zeros_like(next_values)
+    for t in reversed(range(len(rewards))):
+        non_terminal = 1.0 - dones[t].double()
+        delta = rewards[t] + gamma * next_values * non_terminal - values[t]
+        running = delta + gamma * gae_lambda * non_terminal * running
+        advantages[t] = running
+        next_values = values[t]
+    return advantages.float(), (advantages + values).float()
 
 
 class GAE:

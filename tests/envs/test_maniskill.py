@@ -126,6 +126,63 @@ def test_batched_vec_env_logic_on_cpu_and_gpu_error(monkeypatch):
         make_maniskill_env("PushCube-v1", sim_backend="gpu", chunk_size=2)
 
 
+def test_batched_vec_env_tensor_mode_on_cpu():
+    # The tensor mode (device-resident rollouts; docs/scaling.md) on the batched CPU env: the same first observation
+    # as the NumPy mode, device tensors out, batched infos, the partial reset, and a short StepNFT run on that path.
+    import torch as th
+
+    from sb3_stepnft.common.tensor_env import is_tensor_env
+
+    numpy_env = ManiSkillGPUVecEnv(make_maniskill_base_env("PushCube-v1", max_episode_steps=4))
+    env = ManiSkillGPUVecEnv(make_maniskill_base_env("PushCube-v1", max_episode_steps=4), instruction="push", as_tensors=True)
+    assert is_tensor_env(env) and not is_tensor_env(numpy_env)
+    numpy_env.seed(5)
+    env.seed(5)
+    first = env.reset()
+    assert isinstance(first, th.Tensor) and first.device == env.device and np.allclose(first.numpy(), numpy_env.reset())
+    numpy_env.close()
+    for _ in range(4):
+        obs, rewards, dones, infos = env.step(th.zeros((1, 4)))
+    assert isinstance(rewards, th.Tensor) and rewards.dtype == th.float32 and dones.tolist() == [True]
+    assert infos["TimeLimit.truncated"].tolist() == [True] and infos["is_success"].dtype == th.bool
+    assert infos["instruction"] == "push" and not th.allclose(obs, infos["terminal_observation"])  # reset after the end
+    model = StepNFT("MlpPolicy", env, n_steps=4, batch_size=8, n_epochs=1, seed=0, device="cpu",
+                    policy_kwargs=dict(net_arch=[16]))  # fmt: skip
+    model.learn(8)
+    assert model.num_timesteps == 8 and len(model.ep_info_buffer) == 2 and model._n_updates > 0
+    env.close()
+
+
+def test_ignore_terminations_runs_episodes_to_the_time_limit():
+    # A success-terminating task with ignore_terminations: episodes end only at the time limit; NumPy mode reports
+    # success_once at the end. (A forced termination checks it: the CPU PushCube rarely succeeds with zero actions.)
+    import torch as th
+
+    for as_tensors in (False, True):
+        env = ManiSkillGPUVecEnv(
+            make_maniskill_base_env("PushCube-v1", max_episode_steps=3), as_tensors=as_tensors, ignore_terminations=True
+        )
+        env.reset()
+        base_step = env.env.step
+
+        def step_with_success_at_first(action, calls=[0], base_step=base_step):  # noqa: B006 (a call counter)
+            obs, reward, terminated, truncated, info = base_step(action)
+            calls[0] += 1
+            info = {**info, "success": th.tensor([calls[0] == 1])}
+            return obs, reward, th.tensor([calls[0] == 1]), truncated, info
+
+        env.env.step = step_with_success_at_first
+        ended = [env.step(np.zeros((1, 4), np.float32)) for _ in range(3)]
+        dones = [bool(np.asarray(step[2])[0]) for step in ended]
+        assert dones == [False, False, True]  # the termination at step 1 was ignored
+        last_info = ended[-1][3]
+        if as_tensors:
+            assert [bool(step[3]["is_success"][0]) for step in ended] == [True, False, False]  # per step; the loop ORs
+        else:
+            assert last_info[0]["is_success"] is True  # success_once at the episode's end
+        env.close()
+
+
 def test_spec_object_builds_the_same_env_as_the_keywords():
     spec = ManiSkillSpec("PushCube-v1", chunk_size=2, instruction=True, max_episode_steps=6)
     assert as_spec("PushCube-v1", chunk_size=2, instruction=True, max_episode_steps=6) == spec
