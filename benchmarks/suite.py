@@ -25,6 +25,7 @@ Reported: mean ± std over seeds of the success at step 0, at the end and the ga
     python benchmarks/suite.py --quick                          # minutes: 1 seed, small budgets, runs/suite/
     python benchmarks/suite.py                                  # the full suite (hours on 2 cores)
     python benchmarks/suite.py --tasks point_reach --seeds 0 1 2 --out benchmarks/results   # rewrite tracked results
+    python benchmarks/suite.py --tasks point_reach --algos StepNFT --update --out benchmarks/results   # rerun one algorithm
 
 ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
 """
@@ -406,10 +407,22 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: str) -> list[dict]:
+    """Rows written by :func:`write_csv`, numbers converted back."""
+    numbers = dict(seed=int, decisions=int, env_steps=int, success_rate=float, train_time=float)
+    with open(path, newline="") as f:
+        return [{k: numbers.get(k, str)(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, list(TASKS), os.path.join("runs", "suite"))
     parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other algorithms' rows of an existing result (e.g. rerun StepNFT after a change of its defaults)",
+    )
     args = parse_run_arguments(parser)
     name = "suite" + ("_quick" if args.quick else "") + ("" if args.tasks == list(TASKS) else "_" + "_".join(args.tasks))
     out = os.path.join(args.out, name)  # e.g. suite.md, suite_quick.md, suite_point_reach.md
@@ -433,7 +446,15 @@ def main() -> None:
         for job in jobs:
             job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
         rows = [row for result in pool.imap_unordered(run_one, jobs) for row in result]
-    order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in args.algos)}
+    if args.update and os.path.exists(out + ".csv"):
+        kept = [r for r in read_csv(out + ".csv") if r["algo"] not in args.algos]
+        with open(out + ".md") as f:
+            first = f.readline().strip()
+        previous = first[len("Command: `") : -1] if first.startswith("Command: `") else "an earlier run"
+        command = f"{previous}` (all rows); the rows of {', '.join(args.algos)} replaced by `{command}"
+        rows = kept + rows
+    algos = [a for a in ALGOS if any(r["algo"] == a for r in rows)]
+    order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in algos)}
     rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
     write_csv(rows, out + ".csv")
     print(report(rows, args, command, out))

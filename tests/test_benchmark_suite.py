@@ -74,3 +74,26 @@ def test_overrides_reach_the_algorithm_and_eval_seeds_move(suite, monkeypatch):
     assert seen["learning_rate"] == 3e-4 and seen["n_steps"] == 32
     assert seeds == [50_000, 50_000]  # seed 0's evaluations: the sweep's base, not the suite's 10_000
     assert len(rows) == 2 and th.isfinite(th.tensor(rows[-1]["success_rate"]))
+
+
+def test_update_reruns_one_algorithm_and_keeps_the_others_rows(suite, tmp_path):
+    """``--update`` replaces the rerun algorithm's rows, keeps the others' and says so in the command line."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "suite_point_reach"
+    old = [dict(task="point_reach", algo=a, seed=0, decisions=d, env_steps=d, success_rate=0.5, train_time=1.0)
+           for a in ("StepNFT", "PPO") for d in (0, 256)]  # fmt: skip
+    suite.write_csv(old, str(out) + ".csv")
+    assert suite.read_csv(str(out) + ".csv") == old
+    out.with_suffix(".md").write_text("Command: `python benchmarks/suite.py --tasks point_reach`\n")
+    command = [sys.executable, suite.__file__, "--tasks", "point_reach", "--algos", "StepNFT", "--seeds", "0", "--env-steps",
+               "256", "--n-steps", "16", "--n-eval", "2", "--workers", "1", "--update", "--out", str(tmp_path)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = suite.read_csv(str(out) + ".csv")
+    assert [r for r in rows if r["algo"] == "PPO"] == old[2:]
+    stepnft = [r for r in rows if r["algo"] == "StepNFT"]
+    assert stepnft and stepnft != old[:2] and stepnft[-1]["decisions"] == 256
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("Command: `python benchmarks/suite.py --tasks point_reach` (all rows); the rows of StepNFT")
+    assert "| PPO | scratch |" in text
