@@ -1,10 +1,10 @@
 """Mixed precision of FlowVLAPolicy: a bf16 frozen VLM (``vlm_dtype``) and bf16 autocast of the expert
 (``expert_autocast``), both on the CPU, against the float32 model with the same weights.
 
-Documented tolerances (docs/vla.md, "Memory on one GPU"), velocities of the tiny test models whose magnitude is about
-1: a bf16 VLM changes them by at most ``VLM_BF16_ATOL`` (measured up to 1.5e-3), a bf16 VLM plus the expert under
-bf16 autocast by at most ``AUTOCAST_ATOL`` (measured up to 6.7e-3) and the expert's gradients by a relative
-``AUTOCAST_GRAD_RTOL`` (measured up to 1.1e-2).
+Documented tolerances (docs/vla.md, "Mixed precision"), on velocities of magnitude about 1 (the tiny test models and
+LeRobot's fixtures): a bf16 VLM changes them by at most ``VLM_BF16_ATOL`` (measured: 1.5e-3 on the tiny models, 8.8e-3
+on LeRobot's π0 fixture), a bf16 VLM plus the expert under bf16 autocast by at most ``AUTOCAST_ATOL`` (measured:
+6.7e-3, 1.4e-2 on the π0 fixture) and the expert's gradients by a relative ``AUTOCAST_GRAD_RTOL`` (measured: 1.1e-2).
 """
 
 from pathlib import Path
@@ -24,8 +24,8 @@ from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
 from sb3_stepnft.vla import VLAConfig  # noqa: E402
 from sb3_stepnft.vla.testing import tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
 
-VLM_BF16_ATOL = 1e-2
-AUTOCAST_ATOL = 3e-2
+VLM_BF16_ATOL = 2e-2
+AUTOCAST_ATOL = 4e-2
 AUTOCAST_GRAD_RTOL = 5e-2
 DATA = Path(__file__).resolve().parents[1] / "data"
 FAMILIES = {
@@ -155,8 +155,9 @@ def test_stepnft_learns_saves_and_loads_a_bf16_vlm(tokenizer, tmp_path, expert_a
     loaded.learn(32)
 
 
+@pytest.mark.parametrize("expert_autocast", [False, True])
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
-def test_openpi_checkpoint_loads_into_a_bf16_vlm(variant):
+def test_openpi_checkpoint_loads_into_a_bf16_vlm(variant, expert_autocast):
     """LeRobot's fixtures (tests/data, float32) loaded with ``vlm_dtype="bfloat16"``: the VLM's weights are the
     checkpoint's rounded to bf16, the expert's are exact, and LeRobot's float32 velocities are met to bf16 accuracy."""
     from safetensors.torch import load_file
@@ -181,6 +182,7 @@ def test_openpi_checkpoint_loads_into_a_bf16_vlm(variant):
             vlm_config=vlm,
             num_denoise_steps=io["num_steps"],
             vlm_dtype="bfloat16",
+            expert_autocast=expert_autocast,
         )
     assert policy.variant == variant
     assert {p.dtype for p in policy.vlm.parameters()} == {th.bfloat16}
@@ -191,12 +193,13 @@ def test_openpi_checkpoint_loads_into_a_bf16_vlm(variant):
     embed = "model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
     assert th.equal(policy.vlm.model.language_model.embed_tokens.weight, checkpoint[embed].to(th.bfloat16))
     obs = dict(image=io["images"], state=io["state"], instruction_ids=io["tokens"], instruction_mask=io["masks"])
+    tolerance = AUTOCAST_ATOL if expert_autocast else VLM_BF16_ATOL
     with th.no_grad():
         feats = policy.encode(obs)
         for x_t, t, expected in zip(io["x_t"], io["times"], io["velocities"]):
-            th.testing.assert_close(policy.velocity(x_t, t, feats), expected, atol=VLM_BF16_ATOL, rtol=0)
+            th.testing.assert_close(policy.velocity(x_t, t, feats), expected, atol=tolerance, rtol=0)
         chain = policy.sample(feats, "ode", x_0=io["noise"])
-    th.testing.assert_close(chain.sample, io["sample"], atol=VLM_BF16_ATOL, rtol=0)
+    th.testing.assert_close(chain.sample, io["sample"], atol=tolerance, rtol=0)
 
 
 def test_vlm_dtype_names_and_errors():
