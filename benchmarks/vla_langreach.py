@@ -21,33 +21,81 @@ from transformers import ByT5Tokenizer
 from sb3_stepnft import StepNFT
 from sb3_stepnft.common.ema import EMA_HORIZON_RATIO
 from sb3_stepnft.common.evaluation import evaluate_success
-from sb3_stepnft.envs.lang_reach import collect_demonstrations, make_lang_reach_env
-from sb3_stepnft.sft import pretrain
+from sb3_stepnft.envs.lang_reach import (
+    LangReachEnv,
+    collect_demonstrations,
+    demonstrator_action,
+    make_lang_reach_env,
+    target_from_instruction,
+)
+from sb3_stepnft.sft import Demonstrations, pretrain
 from sb3_stepnft.vla import FlowVLAPolicy
+from sb3_stepnft.vla.prompt import Pi05Prompt
 from sb3_stepnft.vla.testing import tiny_paligemma_config
+from sb3_stepnft.wrappers import ActionChunk
 
 MAX_LENGTH = 24
+PI05_PROMPT_LENGTH = 64  # ByT5 bytes of "Task: go to the yellow target, State: b b b b;\nAction: " (<= 62)
 IMAGE_SIZE = 16
 
 
-def vla_policy_kwargs(expert: str = "shared", variant: str = "pi0") -> dict:
+def vla_policy_kwargs(expert: str = "shared", variant: str = "pi0", expert_width: int = 32) -> dict:
     return dict(
         vlm=tiny_paligemma_config(image_size=IMAGE_SIZE, patch_size=8, vocab_size=400),
         expert=expert,
-        expert_width=32,
+        expert_width=expert_width,
         variant=variant,
     )
 
 
-def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int):
-    env_kwargs = dict(tokenizer=tokenizer, max_length=MAX_LENGTH, chunk_size=chunk_size)
-    return make_vec_env(make_lang_reach_env, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+def make_pi05_prompt_env(tokenizer, max_length: int, chunk_size: int = 1, seed=None):
+    """LangReach with π0.5's prompt (``Pi05Prompt``: the state, already in [-1, 1], discretised into the prompt)."""
+    env = Pi05Prompt(LangReachEnv(seed=seed), tokenizer, max_length=max_length)
+    return ActionChunk(env, chunk_size) if chunk_size > 1 else env
+
+
+def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int, state_prompt: bool = False):
+    max_length = PI05_PROMPT_LENGTH if state_prompt else MAX_LENGTH
+    env_kwargs = dict(tokenizer=tokenizer, max_length=max_length, chunk_size=chunk_size)
+    factory = make_pi05_prompt_env if state_prompt else make_lang_reach_env
+    return make_vec_env(factory, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+
+
+def collect_pi05_prompt_demonstrations(n_episodes, seed, imperfect_fraction, tokenizer, wander=1.3):
+    """:func:`collect_demonstrations` (same episodes and demonstrator) with π0.5's state prompt."""
+    rng = np.random.default_rng(seed)
+    env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH)
+    inner = env.unwrapped
+    observations = {key: [] for key in env.observation_space.spaces}
+    actions, starts, successes = [], [], []
+    for episode in range(n_episodes):
+        obs, info = env.reset(seed=seed * 100_003 + episode)
+        goal = inner.targets[target_from_instruction(info["instruction"])]
+        angle = rng.choice([-wander, wander]) if rng.random() < imperfect_fraction else 0.0
+        done, first, success = False, True, False
+        while not done:
+            action = demonstrator_action(obs["state"], goal, angle, rng, inner.step_size)
+            for key, value in obs.items():
+                observations[key].append(value)
+            actions.append(action)
+            starts.append(first)
+            first = False
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            success = success or info["is_success"]
+        successes.append(success)
+    demos = Demonstrations(
+        observations={key: np.stack(values) for key, values in observations.items()},
+        actions=np.array(actions),
+        episode_starts=np.array(starts),
+    )
+    return demos, float(np.mean(successes))
 
 
 def run(seed: int, args) -> dict:
     tokenizer = ByT5Tokenizer()
     th.manual_seed(seed)
-    env = make_env(args.n_envs, seed, tokenizer, args.chunk_size)
+    env = make_env(args.n_envs, seed, tokenizer, args.chunk_size, args.state_prompt)
     model = StepNFT(
         FlowVLAPolicy,
         env,
@@ -55,24 +103,28 @@ def run(seed: int, args) -> dict:
         n_steps=args.n_steps,
         batch_size=args.batch_size,
         n_epochs=args.n_epochs,
-        policy_kwargs=vla_policy_kwargs(args.expert, args.variant),
+        policy_kwargs=vla_policy_kwargs(args.expert, args.variant, args.expert_width),
         seed=seed,
         ema_horizon_ratio=args.ema_horizon_ratio,
     )
-    demos, demo_success = collect_demonstrations(
-        args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH
-    )
+    if args.state_prompt:
+        demos, demo_success = collect_pi05_prompt_demonstrations(args.demos, seed, args.imperfect_fraction, tokenizer)
+    else:
+        demos, demo_success = collect_demonstrations(
+            args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH
+        )
     start = time.perf_counter()
     pretrain(model, demos, epochs=args.pretrain_epochs, learning_rate=args.pretrain_lr, seed=seed)
     pretrain_time = time.perf_counter() - start
-    eval_env = make_env(8, 10_000 + seed, tokenizer, args.chunk_size)
-    before = evaluate_success(model, eval_env, n_eval_episodes=args.eval_episodes, seed=seed)["success_rate"]
+    eval_seed = seed + args.eval_seed_offset
+    eval_env = make_env(8, 10_000 + eval_seed, tokenizer, args.chunk_size, args.state_prompt)
+    before = evaluate_success(model, eval_env, n_eval_episodes=args.eval_episodes, seed=eval_seed)["success_rate"]
     passes = model.policy.backbone_observations
     start = time.perf_counter()
     model.learn(args.steps)
     passes = model.policy.backbone_observations - passes  # during learn only (evaluation encodes too)
     learn_time = time.perf_counter() - start
-    after = evaluate_success(model, eval_env, n_eval_episodes=args.eval_episodes, seed=seed)["success_rate"]
+    after = evaluate_success(model, eval_env, n_eval_episodes=args.eval_episodes, seed=eval_seed)["success_rate"]
     result = dict(
         seed=seed,
         demonstrator=demo_success,
@@ -108,6 +160,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--expert", default="shared", choices=("shared", "cross"))
     parser.add_argument("--variant", default="pi0", choices=("pi0", "pi05"), help="π0 or π0.5 (AdaRMS) expert")
+    parser.add_argument("--expert-width", type=int, default=32)
+    parser.add_argument(
+        "--state-prompt", action="store_true", help="π0.5's prompt: the discretised state written into the instruction"
+    )
+    parser.add_argument(
+        "--eval-seed-offset", type=int, default=0, help="evaluate on other episodes than the learning test (seed + offset)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -6,7 +6,11 @@ expert's activations per sample are *measured* on the CPU: one forward with grad
 (random prefix keys/values), summing the bytes of the tensors autograd saves for the backward pass
 (``torch.autograd.graph.saved_tensors_hooks``), at two batch sizes. The rest is arithmetic:
 
-* weights: VLM in bf16 (frozen), expert in fp32; gradients fp32 and AdamW's two fp32 moments for the expert only;
+* weights: VLM in bf16 (frozen; ``--vlm-dtype float32`` for the fp32 VLM, what ``vlm_dtype="bfloat16"`` saves),
+  expert in fp32; gradients fp32 and AdamW's two fp32 moments for the expert only;
+* ``--expert-autocast`` (``expert_autocast=True``): the activations are measured under CPU bf16 autocast, and the
+  bf16 copies of the expert's weights that autocast keeps for the forward and backward pass are added to the fixed
+  memory;
 * cached prefix per decision: the per-layer keys/values, pooled features, state and mask the algorithms store
   (float32, ``FlowVLAPolicy.feature_bytes``) -- the rollout buffer can stay in host memory, a minibatch's share
   moves to the GPU;
@@ -19,6 +23,8 @@ allocator slack and the transient no-grad θ_old / prefix passes). No GPU was us
 one until a machine with one is lent.
 
     python benchmarks/vla_memory.py --out benchmarks/results/vla_memory.md
+    python benchmarks/vla_memory.py --vlm-dtype float32 --out benchmarks/results/vla_memory_fp32_vlm.md
+    python benchmarks/vla_memory.py --expert-autocast --out benchmarks/results/vla_memory_autocast.md
 """
 
 from __future__ import annotations
@@ -60,9 +66,13 @@ def real_sizes(variant: str) -> dict[str, int]:
     )
 
 
-def measured_activations(variant: str, prefix_length: int, chunk: int, checkpointing: bool = False) -> int:
+def measured_activations(
+    variant: str, prefix_length: int, chunk: int, checkpointing: bool = False, autocast: bool = False
+) -> int:
     """Bytes autograd saves per sample in one expert pass with gradients (real-size fp32 expert, on the CPU), with
-    or without ``expert_gradient_checkpointing`` (then the peak of one recomputed layer is added: measured too)."""
+    or without ``expert_gradient_checkpointing`` (then the peak of one recomputed layer is added: measured too),
+    with or without bf16 autocast (``expert_autocast``; the cast weights are the same at every batch size, so the
+    difference of two batch sizes leaves them out)."""
     expert = measured_activations.experts.get(variant)
     if expert is None:
         config = pi0_paligemma_config().text_config
@@ -84,17 +94,19 @@ def measured_activations(variant: str, prefix_length: int, chunk: int, checkpoin
             ptr = tensor.untyped_storage().data_ptr()
             if ptr not in params and ptr != kv.untyped_storage().data_ptr():
                 storages[ptr] = tensor.untyped_storage().nbytes()
-            return tensor
+            # detached: an output saved as itself would hold its own graph (a cycle the garbage collector cannot see)
+            return tensor.detach()
 
         with th.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            out = expert(th.randn(batch, chunk, MAX_DIM), th.rand(batch), feats)
+            with th.autocast("cpu", dtype=th.bfloat16, enabled=autocast):
+                out = expert(th.randn(batch, chunk, MAX_DIM), th.rand(batch), feats)
         del out
         return sum(storages.values())
 
     total = saved_bytes(2) - saved_bytes(1)
     if checkpointing:  # the backward recomputes one layer at a time: add one layer's activations
         expert.gradient_checkpointing = False
-        total += (measured_activations(variant, prefix_length, chunk) - total) // len(expert.gemma.layers)
+        total += (measured_activations(variant, prefix_length, chunk, autocast=autocast) - total) // len(expert.gemma.layers)
     return total
 
 
@@ -107,18 +119,24 @@ def feature_bytes(prefix_length: int) -> int:
     return 4 * (prefix_length + MAX_DIM + 2048 + kv)
 
 
-def table(variants, cameras, chunk: int, steps: int, gpus) -> str:
+def table(variants, cameras, chunk: int, steps: int, gpus, vlm_dtype: str = "bfloat16", autocast: bool = False) -> str:
     lines = []
+    vlm_bytes = {"bfloat16": 2, "float32": 4}[vlm_dtype]
     for variant in variants:
         sizes = real_sizes(variant)
-        weights = 2 * sizes["vlm"] + 4 * sizes["expert"]
+        weights = vlm_bytes * sizes["vlm"] + 4 * sizes["expert"]
         optimiser = (4 + 8) * sizes["expert"]  # fp32 gradients + AdamW's two moments
-        fixed = weights + optimiser
+        cast_weights = 2 * sizes["expert"] if autocast else 0  # autocast's bf16 copies of the expert's weights
+        fixed = weights + optimiser + cast_weights
         lines.append(
             f"**{'π0' if variant == 'pi0' else 'π0.5'}**: VLM {sizes['vlm'] / 1e9:.3f} B parameters (vision + projector "
             f"{sizes['vision'] / 1e6:.0f} M, Gemma-2B {sizes['language'] / 1e6:.0f} M), expert {sizes['expert'] / 1e6:.1f} M; "
-            f"weights {weights / GB:.2f} GB (VLM bf16, expert fp32), gradients + AdamW {optimiser / GB:.2f} GB, "
-            f"fixed {fixed / GB:.2f} GB. Prompt {TOKENS[variant]} tokens, chunk {chunk}, K = {steps}.\n"
+            f"weights {weights / GB:.2f} GB (VLM {'bf16' if vlm_bytes == 2 else 'fp32'}, expert fp32), gradients + AdamW "
+            f"{optimiser / GB:.2f} GB, "
+            + (f"bf16 weight copies of the autocast expert {cast_weights / GB:.2f} GB, " if autocast else "")
+            + f"fixed {fixed / GB:.2f} GB. Prompt {TOKENS[variant]} tokens, chunk {chunk}, K = {steps}"
+            + (", expert under bf16 autocast" if autocast else "")
+            + ".\n"
         )
         header = "| cameras | prefix tokens | cached prefix / decision | chain / decision | activations / sample (measured) |"
         header += " with expert checkpointing |" + "".join(f" max minibatch {g} GB |" for g in gpus)
@@ -127,8 +145,8 @@ def table(variants, cameras, chunk: int, steps: int, gpus) -> str:
             length = n * IMAGE_TOKENS + TOKENS[variant]
             prefix = feature_bytes(length)
             chain = 4 * (steps + 1) * chunk * MAX_DIM
-            activations = measured_activations(variant, length, chunk)
-            checkpointed = measured_activations(variant, length, chunk, checkpointing=True)
+            activations = measured_activations(variant, length, chunk, autocast=autocast)
+            checkpointed = measured_activations(variant, length, chunk, checkpointing=True, autocast=autocast)
             per_sample = [a + prefix + chain for a in (activations, checkpointed)]
             fits = [" / ".join(str(max(0, int((0.9 * g * GB - fixed) // b))) for b in per_sample) for g in gpus]
             lines.append(
@@ -147,10 +165,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10, help="K, denoising steps (stored chain per decision)")
     parser.add_argument("--gpus", nargs="+", type=int, default=[24, 48, 80], help="GPU memory sizes in GB")
+    parser.add_argument("--vlm-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the frozen VLM's dtype")
+    parser.add_argument(
+        "--expert-autocast", action="store_true", help="measure the expert under bf16 autocast (expert_autocast=True)"
+    )
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = parser.parse_args()
     th.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    text = table(args.variants, args.cameras, args.chunk, args.steps, args.gpus)
+    text = table(args.variants, args.cameras, args.chunk, args.steps, args.gpus, args.vlm_dtype, args.expert_autocast)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -16,6 +16,9 @@ from typing import Any
 import torch as th
 
 PREFIX_CACHE_MODES = ("auto", "buffer", "recompute")
+VLM_DTYPES = {"float32": th.float32, "bfloat16": th.bfloat16, "float16": th.float16}
+HALF_DTYPES = (th.bfloat16, th.float16)
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 EXPERTS = ("shared", "cross")
 VARIANTS = ("pi0", "pi05")
 
@@ -45,7 +48,17 @@ class VLAConfig:
         ``"auto"`` (buffer when the features of one rollout fit in ``prefix_cache_budget`` bytes).
     :param prefix_cache_budget: Byte budget of ``"auto"`` (default 2 GB).
     :param freeze_vlm: Keep the VLM frozen and in eval mode (required for caching; the default).
-    :param vlm_dtype: dtype of the VLM (e.g. ``torch.bfloat16`` on a GPU); the expert stays float32.
+    :param vlm_dtype: Storage and compute dtype of the frozen VLM: ``"bfloat16"`` (or ``torch.bfloat16``) halves
+        its weight memory and runs the prefix pass in bf16; ``"float16"`` likewise (bf16 is safer: Gemma's
+        activations can overflow float16); ``"float32"``; None keeps the dtype the VLM is built or loaded in.
+        The action expert always keeps float32 weights (its master weights; gradients and optimiser state are
+        float32 too) and the prefix features handed to it (hidden states, keys/values, pooled) are cast to
+        float32. A half-precision VLM needs ``freeze_vlm=True`` (it has no float32 master copy to train).
+        After building, the resolved config holds the VLM's actual dtype.
+    :param expert_autocast: Run the expert's forward passes under ``torch.autocast(dtype=torch.bfloat16)`` on the
+        device of its inputs (CPU or CUDA): bf16 matmuls and activations, float32 weights, gradients and optimiser
+        state; the velocity comes back as float32. Less activation memory and faster on a GPU with bf16; the
+        velocities differ from float32 by bf16 rounding (docs/vla.md, "Memory on one GPU").
     :param variant: ``"pi0"`` (a ``state_proj`` state token; the flow time enters through ``action_time_mlp_*``
         mixed with each action token) or ``"pi05"`` (π0.5: no state token; the time goes through ``time_mlp_in/out``
         into adaptive RMSNorms of the expert, which give a scale, shift and gate per norm; needs ``expert="shared"``).
@@ -77,11 +90,12 @@ class VLAConfig:
     prefix_cache: str = "auto"
     prefix_cache_budget: float = 2e9
     freeze_vlm: bool = True
-    vlm_dtype: th.dtype | None = None
+    vlm_dtype: th.dtype | str | None = None
     variant: str = "pi0"
     state_in_prompt: bool = True
     norm_stats: dict[str, Any] | None = None
     expert_gradient_checkpointing: bool = False
+    expert_autocast: bool = False
 
     def __post_init__(self):
         if self.expert_gradient_checkpointing and self.expert != "shared":
@@ -114,6 +128,14 @@ class VLAConfig:
         object.__setattr__(self, "expert_heads", int(self.expert_heads))
         object.__setattr__(self, "prefix_cache_budget", float(self.prefix_cache_budget))
         object.__setattr__(self, "freeze_vlm", bool(self.freeze_vlm))
+        object.__setattr__(self, "expert_autocast", bool(self.expert_autocast))
+        object.__setattr__(self, "vlm_dtype", resolve_vlm_dtype(self.vlm_dtype))
+        if self.vlm_dtype in HALF_DTYPES and not self.freeze_vlm:
+            raise ValueError(
+                f"vlm_dtype={str(self.vlm_dtype).replace('torch.', '')!r} (the VLM's dtype) needs freeze_vlm=True: "
+                "a VLM in half precision has no float32 master weights to train. Keep the VLM frozen, or train it in "
+                "float32 (vlm_dtype='float32')."
+            )
 
     @classmethod
     def pi05(cls, **fields) -> VLAConfig:
@@ -144,3 +166,18 @@ class VLAConfig:
     def to_kwargs(self) -> dict[str, Any]:
         """The fields as a dict of loose ``policy_kwargs`` (shallow: the VLM is not copied)."""
         return {name: getattr(self, name) for name in self.field_names()}
+
+
+def resolve_vlm_dtype(dtype: th.dtype | str | None) -> th.dtype | None:
+    """``vlm_dtype`` as a torch dtype: a name (``"bfloat16"``, ``"torch.bfloat16"``, ``"bf16"``) or a dtype among
+    :data:`VLM_DTYPES`; None stays None. Anything else is a ValueError naming the choices."""
+    if dtype is None:
+        return None
+    resolved = dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        name = _DTYPE_ALIASES.get(name, name)
+        resolved = VLM_DTYPES.get(name)
+    if resolved not in VLM_DTYPES.values():
+        raise ValueError(f"vlm_dtype must be None or one of {list(VLM_DTYPES)} (or the torch dtype), got {dtype!r}")
+    return resolved

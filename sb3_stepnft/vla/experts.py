@@ -136,7 +136,10 @@ class SharedAttentionExpert(ActionExpertBase):
         config.pad_token_id = config.bos_token_id = config.eos_token_id = None
         config.vocab_size = 1
         config._attn_implementation = "sdpa"
-        self.gemma = transformers.AutoModel.from_config(config)  # named as in π0 checkpoints, whatever the family
+        # float32 master weights whatever the VLM's dtype: a bf16 VLM's text config carries ``dtype=bfloat16``, which
+        # ``from_config`` would otherwise give the copied trunk (the heads are plain nn.Linear, float32)
+        config.dtype = th.float32
+        self.gemma = transformers.AutoModel.from_config(config, dtype=th.float32)  # named as in π0 checkpoints
         self.gemma.embed_tokens = None
         if variant == "pi05":
             eps = float(getattr(config, "rms_norm_eps", 1e-6))

@@ -23,7 +23,7 @@ from torch import nn
 
 from sb3_stepnft.common.policies import BaseFlowPolicy
 from sb3_stepnft.vla import backbones, experts
-from sb3_stepnft.vla.config import EXPERTS, PREFIX_CACHE_MODES, VLAConfig
+from sb3_stepnft.vla.config import EXPERTS, PREFIX_CACHE_MODES, VLM_DTYPES, VLAConfig
 from sb3_stepnft.vla.prompt import quantile_normalize
 
 __all__ = ["EXPERTS", "PREFIX_CACHE_MODES", "FlowVLAPolicy", "VLAConfig", "VLAFeatures"]
@@ -93,6 +93,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
     prefix_cache_budget = _config_field("prefix_cache_budget")
     freeze_vlm = _config_field("freeze_vlm")
     vlm_dtype = _config_field("vlm_dtype")
+    expert_autocast = _config_field("expert_autocast")
     variant = _config_field("variant")
     state_in_prompt = _config_field("state_in_prompt")
     norm_stats = _config_field("norm_stats")
@@ -165,8 +166,13 @@ class FlowVLAPolicy(BaseFlowPolicy):
         expert_width = int(config.expert_width or max(8, self.backbone.hidden_size // 2))
         if expert_width % 2:
             raise ValueError(f"expert_width must be even (sine-cosine time embedding), got {expert_width}")
-        # the resolved architecture, with the VLM as its config (portable: rebuilt offline on load)
-        self.config = config = config.replace(vlm=self.vlm.config, state_dim=state_dim, expert_width=expert_width)
+        # the resolved architecture, with the VLM as its config (portable: rebuilt offline on load) and its dtype
+        self.config = config = config.replace(
+            vlm=self.vlm.config,
+            state_dim=state_dim,
+            expert_width=expert_width,
+            vlm_dtype=self.backbone.dtype if self.backbone.dtype in VLM_DTYPES.values() else config.vlm_dtype,
+        )
         if config.expert == "shared":
             self.expert = experts.SharedAttentionExpert(
                 self.backbone.text_config,
@@ -394,6 +400,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
             state = nn.functional.pad(state, (0, self.state_dim - state.shape[1]))
         else:
             state = th.zeros(batch, self.state_dim, device=valid.device)
+        # the boundary: whatever the VLM's dtype (vlm_dtype), the expert (float32 weights) reads float32 features
         weights = valid.float()[..., None]
         pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return VLAFeatures(
@@ -426,11 +433,16 @@ class FlowVLAPolicy(BaseFlowPolicy):
         return VLAFeatures(**fields)
 
     def velocity(self, x_t: th.Tensor, t: th.Tensor, features: VLAFeatures) -> th.Tensor:
-        """One pass of the action expert: ``(B, chunk_size, action_dim)`` from ``x_t`` of that shape and ``t`` (B,)."""
+        """One pass of the action expert: ``(B, chunk_size, action_dim)`` from ``x_t`` of that shape and ``t`` (B,);
+        float32 (with ``expert_autocast``, computed under bf16 autocast on the inputs' device)."""
         t = th.as_tensor(t, device=x_t.device, dtype=th.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        return self.expert(x_t.float(), t, features)
+        if not self.config.expert_autocast:
+            return self.expert(x_t.float(), t, features)
+        with th.autocast(device_type=x_t.device.type, dtype=th.bfloat16):
+            velocity = self.expert(x_t.float(), t, features)
+        return velocity.float()
 
     def value_input(self, features: VLAFeatures) -> th.Tensor:
         """The critic's input: the pooled prefix and the padded state."""
