@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -134,14 +135,15 @@ def main() -> None:
             print(entry, flush=True)
     fields = ("key", "seed", "before", "after", "train_time")
     results = [tuple(done[(job["key"], job["seed"])][k] for k in fields) for job in jobs if (job["key"], job["seed"]) in done]
-    command = " ".join(["python benchmarks/defaults_sweep.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/defaults_sweep.py", *(a for a in sys.argv[1:] if a != "--report-only")])
     lines = [
         f"Command: `{command}`",
         "",
         f"{task.title}, {args.algo}, {suite.N_ENVS} envs, {budget} env steps, tuning seeds {args.seeds} (pretrained "
         f"start per seed as in the suite), success over {args.n_eval} episodes (deterministic=False) on tuning "
         f"evaluation seeds from {TUNING_EVAL_SEED}. Each row changes one setting from the defaults (n_steps 128 "
-        "unless named).",
+        "unless named). Train time: wall seconds on a shared 2-core machine under varying load (not comparable between "
+        "rows).",
         "",
         "| change from defaults | success before | success after (mean ± std) | gain | per seed (after) | train time (s) |",
         "|---|---|---|---|---|---|",

@@ -81,10 +81,8 @@ def run(seed: int, args, demos, bounds) -> dict:
         return normalize_like_demos(env, demos)
 
     env = make(args.n_envs, 1_000 + seed)
-    model = StepNFT(
-        "MlpPolicy", env, learning_rate=args.learning_rate, n_steps=args.n_steps, batch_size=args.batch_size,
-        n_epochs=args.n_epochs, seed=seed,
-    )  # fmt: skip
+    settings = dict(learning_rate=args.learning_rate, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs)
+    model = StepNFT("MlpPolicy", env, seed=seed, **{k: v for k, v in settings.items() if v is not None})  # None: default
     start = time.time()
     pretrain(model, demos, seed=seed)
     pretrain_time = time.time() - start
@@ -109,10 +107,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12_288, help="StepNFT decisions (x chunk env steps)")
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--n-steps", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--n-epochs", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    # StepNFT's defaults unless given (the same defaults as every other task: benchmarks/defaults_sweep.py)
+    parser.add_argument("--n-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--n-epochs", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--eval-every", type=int, default=4096, help="decisions between evaluations")
     parser.add_argument("--n-eval", type=int, default=100)
     parser.add_argument("--max-episode-steps", type=int, default=None, help="default: 1.5 x mean demo length")

@@ -78,7 +78,7 @@ class StepNFT(FlowOnPolicyAlgorithm):
         learning_rate: float | Schedule = 1e-4,
         n_steps: int = 128,
         batch_size: int = 256,
-        n_epochs: int = 4,
+        n_epochs: int = 8,
         gamma: float = 0.99,
         num_denoise_steps: int = 4,
         noise_level: float = 0.2,
