@@ -27,49 +27,31 @@ from benchmarks import suite  # noqa: E402
 
 TUNING_EVAL_SEED = 50_000
 
+
+def one_at_a_time(**values) -> list[dict]:
+    """``[{}]`` (the defaults) and one variation per value of each setting."""
+    return [{}] + [{name: value} for name, options in values.items() for value in options]
+
+
+BASELINE_SETTINGS = dict(
+    learning_rate=(3e-5, 3e-4), n_epochs=(4, 16), n_steps=(64, 256), batch_size=(128, 512), noise_level=(0.1, 0.4)
+)
 GRIDS = {
     # one change at a time around the defaults: the settings ALGORITHM.md §5 / the results issue names, in the
     # direction the first sweep (benchmarks/results/defaults_sweep.md) or the paper's Fig. 4 left open; each run costs
-    # minutes on a shared 2-core machine, so the grid is small
-    "StepNFT": [
-        {},
-        {"learning_rate": 5e-5},
-        {"learning_rate": 2e-4},
-        {"n_epochs": 8},
-        {"batch_size": 128},
-        {"n_steps": 64},
-        {"trust_region": 2.0},
-        {"noise_level": 0.4},
-        {"ema_horizon_ratio": 1.0},
-    ],
-    "FlowPPO": [
-        {},
-        {"learning_rate": 3e-5},
-        {"learning_rate": 3e-4},
-        {"n_epochs": 4},
-        {"n_epochs": 16},
-        {"n_steps": 64},
-        {"n_steps": 256},
-        {"batch_size": 128},
-        {"batch_size": 512},
-        {"noise_level": 0.1},
-        {"noise_level": 0.4},
-        {"critic_learning_rate": 1e-3},
-    ],
-    "FlowGRPO": [
-        {},
-        {"learning_rate": 3e-5},
-        {"learning_rate": 3e-4},
-        {"n_epochs": 4},
-        {"n_epochs": 16},
-        {"n_steps": 64},
-        {"n_steps": 256},
-        {"batch_size": 128},
-        {"batch_size": 512},
-        {"noise_level": 0.1},
-        {"noise_level": 0.4},
-    ],
-    # ManiSkill runs cost ~5 min each on 2 cores: the candidates only (today's defaults, the ManiSkill demo's former
+    # minutes on a shared 2-core machine, so the grid is small. The StepNFT grid was run around n_epochs=4 (--base).
+    "StepNFT": one_at_a_time(
+        learning_rate=(5e-5, 2e-4),
+        n_epochs=(8,),
+        batch_size=(128,),
+        n_steps=(64,),
+        trust_region=(2.0,),
+        noise_level=(0.4,),
+        ema_horizon_ratio=(1.0,),
+    ),
+    "FlowPPO": one_at_a_time(**BASELINE_SETTINGS, critic_learning_rate=(1e-3,)),
+    "FlowGRPO": one_at_a_time(**BASELINE_SETTINGS),
+    # ManiSkill runs cost ~10 CPU-minutes each: the candidates only (the defaults, the ManiSkill demo's former
     # overrides, and their two halves); --variations adds more (e.g. what PointReach's sweep favours)
     "maniskill": [
         {},
@@ -87,6 +69,9 @@ def main() -> None:
     parser.add_argument(
         "--grid", default=None, choices=[*GRIDS, "none"], help="variations (default: the algorithm's; none: --variations only)"
     )
+    parser.add_argument(
+        "--base", default="{}", help="settings under every variation, as JSON (e.g. the defaults of an earlier version)"
+    )
     parser.add_argument("--variations", nargs="*", default=[], help="extra variations as JSON, e.g. '{\"n_epochs\": 8}'")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102], help="tuning seeds")
     parser.add_argument("--env-steps", type=int, default=None, help="budget per run (default: the suite's)")
@@ -98,14 +83,16 @@ def main() -> None:
     args = parser.parse_args()
     task = suite.TASKS[args.task]
     variations = GRIDS.get(args.grid or args.algo, []) + [json.loads(v) for v in args.variations]
+    base = json.loads(args.base)
     budget = args.env_steps or task.env_steps
     os.makedirs(args.out, exist_ok=True)
     context = task.prepare(args.out, False)
     jobs = []
     for variation in variations:
         for seed in args.seeds:
-            n_steps = variation.get("n_steps", 128)
-            overrides = {k: v for k, v in variation.items() if k != "n_steps"}
+            settings = {**base, **variation}
+            n_steps = settings.get("n_steps", 128)
+            overrides = {k: v for k, v in settings.items() if k != "n_steps"}
             values = (task, args.algo, seed, budget // task.chunk, 10**12, args.n_eval, n_steps, context, None)
             jobs.append(dict(zip(suite.JOB_FIELDS, values), overrides=overrides, eval_seed=TUNING_EVAL_SEED))
     name = args.name or f"defaults_sweep_{args.task}_{args.algo}" + (f"_{args.grid}" if args.grid else "")
@@ -118,8 +105,8 @@ def main() -> None:
                 entry = json.loads(line)
                 if (entry["budget"], entry["n_eval"]) == (budget, args.n_eval):
                     done[(entry["key"], entry["seed"])] = entry
-    for job in jobs:
-        job["key"] = json.dumps({**job["overrides"], **({"n_steps": job["n_steps"]} if job["n_steps"] != 128 else {})})
+    for job, variation in zip(jobs, (v for v in variations for _ in args.seeds)):
+        job["key"] = json.dumps(variation, sort_keys=True)  # the change from the defaults + --base
     todo = [] if args.report_only else [job for job in jobs if (job["key"], job["seed"]) not in done]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         seeds = sorted({job["seed"] for job in todo})
@@ -141,9 +128,10 @@ def main() -> None:
         "",
         f"{task.title}, {args.algo}, {suite.N_ENVS} envs, {budget} env steps, tuning seeds {args.seeds} (pretrained "
         f"start per seed as in the suite), success over {args.n_eval} episodes (deterministic=False) on tuning "
-        f"evaluation seeds from {TUNING_EVAL_SEED}. Each row changes one setting from the defaults (n_steps 128 "
-        "unless named). Train time: wall seconds on a shared 2-core machine under varying load (not comparable between "
-        "rows).",
+        f"evaluation seeds from {TUNING_EVAL_SEED}. Each row changes one setting from the defaults"
+        + (f" plus {base}" if base else "")
+        + " (n_steps 128 unless named). Train time: wall seconds on a shared 2-core machine under varying load (not "
+        "comparable between rows).",
         "",
         "| change from defaults | success before | success after (mean ± std) | gain | per seed (after) | train time (s) |",
         "|---|---|---|---|---|---|",

@@ -21,14 +21,8 @@ from transformers import ByT5Tokenizer
 from sb3_stepnft import StepNFT
 from sb3_stepnft.common.ema import EMA_HORIZON_RATIO
 from sb3_stepnft.common.evaluation import evaluate_success
-from sb3_stepnft.envs.lang_reach import (
-    LangReachEnv,
-    collect_demonstrations,
-    demonstrator_action,
-    make_lang_reach_env,
-    target_from_instruction,
-)
-from sb3_stepnft.sft import Demonstrations, pretrain
+from sb3_stepnft.envs.lang_reach import LangReachEnv, collect_demonstrations, make_lang_reach_env
+from sb3_stepnft.sft import pretrain
 from sb3_stepnft.vla import FlowVLAPolicy
 from sb3_stepnft.vla.prompt import Pi05Prompt
 from sb3_stepnft.vla.testing import tiny_paligemma_config
@@ -61,37 +55,6 @@ def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int, state_prompt: b
     return make_vec_env(factory, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
 
 
-def collect_pi05_prompt_demonstrations(n_episodes, seed, imperfect_fraction, tokenizer, wander=1.3):
-    """:func:`collect_demonstrations` (same episodes and demonstrator) with π0.5's state prompt."""
-    rng = np.random.default_rng(seed)
-    env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH)
-    inner = env.unwrapped
-    observations = {key: [] for key in env.observation_space.spaces}
-    actions, starts, successes = [], [], []
-    for episode in range(n_episodes):
-        obs, info = env.reset(seed=seed * 100_003 + episode)
-        goal = inner.targets[target_from_instruction(info["instruction"])]
-        angle = rng.choice([-wander, wander]) if rng.random() < imperfect_fraction else 0.0
-        done, first, success = False, True, False
-        while not done:
-            action = demonstrator_action(obs["state"], goal, angle, rng, inner.step_size)
-            for key, value in obs.items():
-                observations[key].append(value)
-            actions.append(action)
-            starts.append(first)
-            first = False
-            obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-            success = success or info["is_success"]
-        successes.append(success)
-    demos = Demonstrations(
-        observations={key: np.stack(values) for key, values in observations.items()},
-        actions=np.array(actions),
-        episode_starts=np.array(starts),
-    )
-    return demos, float(np.mean(successes))
-
-
 def run(seed: int, args) -> dict:
     tokenizer = ByT5Tokenizer()
     th.manual_seed(seed)
@@ -107,12 +70,12 @@ def run(seed: int, args) -> dict:
         seed=seed,
         ema_horizon_ratio=args.ema_horizon_ratio,
     )
-    if args.state_prompt:
-        demos, demo_success = collect_pi05_prompt_demonstrations(args.demos, seed, args.imperfect_fraction, tokenizer)
-    else:
-        demos, demo_success = collect_demonstrations(
-            args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH
-        )
+    # the same episodes and demonstrator; with --state-prompt recorded in π0.5's prompt env
+    demo_env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH) if args.state_prompt else None
+    demos, demo_success = collect_demonstrations(
+        args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH,
+        env=demo_env,
+    )  # fmt: skip
     start = time.perf_counter()
     pretrain(model, demos, epochs=args.pretrain_epochs, learning_rate=args.pretrain_lr, seed=seed)
     pretrain_time = time.perf_counter() - start

@@ -282,6 +282,7 @@ def collect_demonstrations(
     tokenizer: Any = None,
     max_length: int = 32,
     env_kwargs: dict[str, Any] | None = None,
+    env: gym.Env | None = None,
 ):
     """Roll out the scripted demonstrator on :class:`LangReachEnv` (tokenised, as :func:`make_lang_reach_env`).
 
@@ -291,11 +292,14 @@ def collect_demonstrations(
     :return: :class:`sb3_stepnft.sft.Demonstrations` with Dict observations (the camera images, ``"state"``,
         ``"instruction_ids"``, ``"instruction_mask"``) and actions ``(N, 2)`` in env units, and the demonstrator's
         success rate (as :func:`sb3_stepnft.envs.point_reach.collect_demonstrations`).
+    :param env: another LangReach env to record in (e.g. with π0.5's state prompt, ``vla.Pi05Prompt``); default: the
+        one :func:`make_lang_reach_env` builds from ``tokenizer``, ``max_length`` and ``env_kwargs``.
     """
     from sb3_stepnft.sft import Demonstrations
 
     rng = np.random.default_rng(seed)
-    env = make_lang_reach_env(tokenizer, max_length=max_length, **(env_kwargs or {}))
+    if env is None:
+        env = make_lang_reach_env(tokenizer, max_length=max_length, **(env_kwargs or {}))
     inner: LangReachEnv = env.unwrapped
     observations: dict[str, list[np.ndarray]] = {key: [] for key in env.observation_space.spaces}
     actions, starts, successes = [], [], []
