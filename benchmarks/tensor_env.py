@@ -104,10 +104,15 @@ def count_calls(args, here: str) -> None:
             before = run_worker(baseline, "numpy PointReach", n_envs, args.steps, 0, calls=True)
             after = run_worker(here, "numpy PointReach", n_envs, args.steps, 0, calls=True)
             lines.append(f"| {n_envs} | {before:.1f} | {after:.1f} | {after / before:.3f} |")
+    write_report(lines, args.out, "tensor_env_calls.md")
+
+
+def write_report(lines: list[str], out: str, name: str) -> None:
+    """Print the table and write it to ``out/name``."""
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tensor_env_calls.md"), "w") as handle:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name), "w") as handle:
         handle.write(text)
 
 
@@ -172,11 +177,7 @@ def main() -> None:
         lines.append(f"| {n_envs} | numpy TorchReach (as_tensors=False) | {numpy_torch:.0f} | 1.00 |")
         ratio = paired("tensor TorchReach", "numpy TorchReach", n_envs) + " tensor/numpy"
         lines.append(f"| {n_envs} | tensor TorchReach (as_tensors=True) | {tensor_torch:.0f} | {ratio} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tensor_env.md"), "w") as handle:
-        handle.write(text)
+    write_report(lines, args.out, "tensor_env.md")
 
 
 if __name__ == "__main__":

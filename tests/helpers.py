@@ -84,3 +84,25 @@ def load_script(name: str, folder: str = "scripts") -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def lerobot_fixture_vlm():
+    """The tiny PaliGemma of LeRobot's fixtures (tests/data/lerobot_*); PaliGemma's SigLIP has no pooling head (π0
+    checkpoints have none)."""
+    from sb3_stepnft.vla.testing import tiny_paligemma_config
+
+    config = tiny_paligemma_config(image_size=16, patch_size=8)
+    config.vision_config.vision_use_head = False
+    return config
+
+
+def lerobot_fixture_spaces(io):
+    """Observation and action spaces of a LeRobot fixture's recorded inputs (``io.pt``)."""
+    tokens = io["tokens"].shape[1]
+    observation_space = spaces.Dict(
+        image=spaces.Box(0, 255, tuple(io["images"].shape[1:]), np.uint8),
+        state=spaces.Box(-1, 1, (io["state"].shape[1],), np.float32),
+        instruction_ids=spaces.Box(0, 399, (tokens,), np.int64),
+        instruction_mask=spaces.MultiBinary(tokens),
+    )
+    return observation_space, spaces.Box(-1, 1, tuple(io["noise"].shape[1:]), np.float32)

@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch as th
 
@@ -21,28 +20,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
 from sb3_stepnft.vla import load_norm_stats, openpi_config  # noqa: E402
-from sb3_stepnft.vla.testing import tiny_paligemma_config  # noqa: E402
+from tests.helpers import lerobot_fixture_spaces, lerobot_fixture_vlm  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TOLERANCE = 1e-4
 
 
-def tiny_vlm():
-    """The tiny PaliGemma of the fixtures; PaliGemma's SigLIP has no pooling head (π0 checkpoints have none)."""
-    config = tiny_paligemma_config(image_size=16, patch_size=8)
-    config.vision_config.vision_use_head = False
-    return config
-
-
-def spaces_of(io):
-    tokens = io["tokens"].shape[1]
-    observation_space = spaces.Dict(
-        image=spaces.Box(0, 255, tuple(io["images"].shape[1:]), np.uint8),
-        state=spaces.Box(-1, 1, (io["state"].shape[1],), np.float32),
-        instruction_ids=spaces.Box(0, 399, (tokens,), np.int64),
-        instruction_mask=spaces.MultiBinary(tokens),
-    )
-    return observation_space, spaces.Box(-1, 1, tuple(io["noise"].shape[1:]), np.float32)
+tiny_vlm = lerobot_fixture_vlm
+spaces_of = lerobot_fixture_spaces
 
 
 def load(path, io, **kwargs):

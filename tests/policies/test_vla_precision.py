@@ -15,7 +15,6 @@ import torch as th
 
 transformers = pytest.importorskip("transformers")
 
-from gymnasium import spaces  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from sb3_stepnft import StepNFT  # noqa: E402
@@ -23,6 +22,7 @@ from sb3_stepnft.envs.lang_reach import make_lang_reach_env  # noqa: E402
 from sb3_stepnft.policies import FlowVLAPolicy  # noqa: E402
 from sb3_stepnft.vla import VLAConfig  # noqa: E402
 from sb3_stepnft.vla.testing import tiny_paligemma_config, tiny_smolvlm_config  # noqa: E402
+from tests.helpers import lerobot_fixture_spaces, lerobot_fixture_vlm  # noqa: E402
 
 VLM_BF16_ATOL = 2e-2
 AUTOCAST_ATOL = 4e-2
@@ -163,16 +163,8 @@ def test_openpi_checkpoint_loads_into_a_bf16_vlm(variant, expert_autocast):
     from safetensors.torch import load_file
 
     io = th.load(DATA / f"lerobot_{variant}" / "io.pt")
-    tokens = io["tokens"].shape[1]
-    observation_space = spaces.Dict(
-        image=spaces.Box(0, 255, tuple(io["images"].shape[1:]), np.uint8),
-        state=spaces.Box(-1, 1, (io["state"].shape[1],), np.float32),
-        instruction_ids=spaces.Box(0, 399, (tokens,), np.int64),
-        instruction_mask=spaces.MultiBinary(tokens),
-    )
-    action_space = spaces.Box(-1, 1, tuple(io["noise"].shape[1:]), np.float32)
-    vlm = tiny_paligemma_config(image_size=16, patch_size=8)
-    vlm.vision_config.vision_use_head = False
+    observation_space, action_space = lerobot_fixture_spaces(io)
+    vlm = lerobot_fixture_vlm()
     loader = FlowVLAPolicy.from_pi0 if variant == "pi0" else FlowVLAPolicy.from_pi05
     with pytest.warns(UserWarning, match="No normalisation statistics"):
         policy = loader(
