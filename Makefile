@@ -30,7 +30,7 @@ $(VENV)/.sim-ready: $(VENV)/.installed scripts/install_sim.sh scripts/setup_libe
 
 install-sim: $(VENV)/.sim-ready
 
-# Few-shot pretraining from motion-planned demonstrations on ManiSkill PushCube (state), then StepNFT (~6.5 min).
+# Few-shot pretraining from motion-planned demonstrations on ManiSkill PushCube (state), then StepNFT (~7 min).
 # The demos write to runs/<name>/ (git-ignored); `$(PY) benchmarks/demo_maniskill.py --out benchmarks/results`
 # regenerates the tracked result files. One torch thread per process (SB3_STEPNFT_TORCH_THREADS overrides).
 demo: install-sim

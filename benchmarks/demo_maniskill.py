@@ -7,7 +7,7 @@
 3. Fine-tune with StepNFT; evaluate the student (Euler ODE from random x_0, ``deterministic=False``, the paper's
    protocol) on seeds disjoint from the demonstrations'. Episodes are limited to 1.5x the mean demonstration length.
 
-    python benchmarks/demo_maniskill.py              # `make demo`: 1 seed, 12,288 decisions (~95k env steps), ~6.5 min
+    python benchmarks/demo_maniskill.py              # `make demo`: 1 seed, 12,288 decisions (~95k env steps), ~7 min
     python benchmarks/demo_maniskill.py --seeds 0 1 2 --name demo_maniskill_3seeds    # mean ± std over seeds
 
 Needs the [maniskill] extra and Vulkan (`make install-sim`, or bash scripts/install_sim.sh venv). Writes
