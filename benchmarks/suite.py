@@ -451,7 +451,7 @@ def main() -> None:
         with open(out + ".md") as f:
             first = f.readline().strip()
         previous = first[len("Command: `") : -1] if first.startswith("Command: `") else "an earlier run"
-        command = f"{previous}` (all rows); the rows of {', '.join(args.algos)} replaced by `{command}"
+        command = f"{previous}` (the other rows); the rows of {', '.join(args.algos)} by `{command}"
         rows = kept + rows
     algos = [a for a in ALGOS if any(r["algo"] == a for r in rows)]
     order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in algos)}

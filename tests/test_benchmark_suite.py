@@ -95,5 +95,7 @@ def test_update_reruns_one_algorithm_and_keeps_the_others_rows(suite, tmp_path):
     stepnft = [r for r in rows if r["algo"] == "StepNFT"]
     assert stepnft and stepnft != old[:2] and stepnft[-1]["decisions"] == 256
     text = out.with_suffix(".md").read_text()
-    assert text.startswith("Command: `python benchmarks/suite.py --tasks point_reach` (all rows); the rows of StepNFT")
+    assert text.startswith(
+        "Command: `python benchmarks/suite.py --tasks point_reach` (the other rows); the rows of StepNFT by"
+    )
     assert "| PPO | scratch |" in text
