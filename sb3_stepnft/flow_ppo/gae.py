@@ -27,39 +27,28 @@ def compute_gae(
     Tensors in (device-resident rollouts): the same recursion in float64 on their device, tensors out.
     """
     if isinstance(rewards, th.Tensor):
-        return _compute_gae_tensors(rewards, values, dones, last_values, gamma, gae_lambda)
-    rewards = np.asarray(rewards, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    dones = np.asarray(dones, dtype=bool)
+        rewards, values, dones = rewards.double(), values.double(), dones.bool().double()
+        next_values = last_values.double().reshape(rewards.shape[1:])
+        zeros_like = th.zeros_like
+    else:
+        rewards = np.asarray(rewards, dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)
+        dones = np.asarray(dones, dtype=bool).astype(np.float64)
+        next_values = np.asarray(last_values, dtype=np.float64).reshape(rewards.shape[1:])
+        zeros_like = np.zeros_like
     if not rewards.shape == values.shape == dones.shape:
         raise ValueError(f"rewards, values and dones must have one shape, got {rewards.shape}, {values.shape}, {dones.shape}")
-    advantages = np.zeros_like(rewards)
-    next_values = np.asarray(last_values, dtype=np.float64).reshape(rewards.shape[1:])
-    running = np.zeros(rewards.shape[1:])
+    advantages, running = zeros_like(rewards), zeros_like(next_values)
     for t in reversed(range(len(rewards))):
         non_terminal = 1.0 - dones[t]
         delta = rewards[t] + gamma * next_values * non_terminal - values[t]
         running = delta + gamma * gae_lambda * non_terminal * running
         advantages[t] = running
         next_values = values[t]
-    return advantages.astype(np.float32), (advantages + values).astype(np.float32)
-
-
-def _compute_gae_tensors(rewards, values, dones, last_values, gamma, gae_lambda) -> tuple[th.Tensor, th.Tensor]:
-    rewards, values = rewards.double(), values.double()
-    dones = dones.bool()
-    if not rewards.shape == values.shape == dones.shape:
-        raise ValueError(f"rewards, values and dones must have one shape, got {rewards.shape}, {values.shape}, {dones.shape}")
-    advantages = th.zeros_like(rewards)
-    next_values = last_values.double().reshape(rewards.shape[1:])
-    running = th.zeros_like(next_values)
-    for t in reversed(range(len(rewards))):
-        non_terminal = 1.0 - dones[t].double()
-        delta = rewards[t] + gamma * next_values * non_terminal - values[t]
-        running = delta + gamma * gae_lambda * non_terminal * running
-        advantages[t] = running
-        next_values = values[t]
-    return advantages.float(), (advantages + values).float()
+    returns = advantages + values
+    if isinstance(advantages, th.Tensor):
+        return advantages.float(), returns.float()
+    return advantages.astype(np.float32), returns.astype(np.float32)
 
 
 class GAE:
