@@ -208,15 +208,14 @@ class FlowPPO(FlowPolicyGradient):
         data = self.rollout_buffer.pop_labelled()
         if is_distributed():
             return self._normalise_over_ranks(data)
-        if data is not None and isinstance(data["label"], th.Tensor):  # device-resident rollouts: the same on the device
-            advantages = data["label"].double()
-            std = advantages.std() if len(advantages) > 1 else 0.0
-            data["label"] = ((advantages - advantages.mean()) / (std + ADVANTAGE_EPS)).float()
-        elif data is not None:
+        if data is not None:
             # Normalised over the whole rollout, not per minibatch (πRL: unbiased torch.std + 1e-5); returns are not.
-            advantages = data["label"].astype(np.float64)
-            std = advantages.std(ddof=1) if len(advantages) > 1 else 0.0
-            data["label"] = ((advantages - advantages.mean()) / (std + ADVANTAGE_EPS)).astype(np.float32)
+            # Device-resident rollouts (tensors) are normalised where they are.
+            on_device = isinstance(data["label"], th.Tensor)
+            advantages = data["label"].double() if on_device else data["label"].astype(np.float64)
+            std = (advantages.std() if on_device else advantages.std(ddof=1)) if len(advantages) > 1 else 0.0
+            normalised = (advantages - advantages.mean()) / (std + ADVANTAGE_EPS)
+            data["label"] = normalised.float() if on_device else normalised.astype(np.float32)
         return data
 
     def _normalise_over_ranks(self, data: dict[str, Any] | None) -> dict[str, Any] | None:
