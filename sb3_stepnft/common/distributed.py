@@ -18,8 +18,9 @@ algorithm trains data-parallel without any change to user code:
 Without a process group (or with one rank) every function here is a no-op, and training is exactly as before.
 """
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch as th
 import torch.distributed as dist
@@ -28,6 +29,26 @@ from torch import nn
 RANK_SEED_OFFSET = 100_003
 """Seed of rank r: ``seed + r·RANK_SEED_OFFSET`` (large, so that the per-env seeds ``seed + i`` of two ranks never
 overlap, and away from the evaluation seeds 10_000 + i of the command line)."""
+
+
+class PeerRankFailedError(RuntimeError):
+    """A collective operation failed on this rank, most likely because another rank stopped with an error."""
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn the backend's error of a collective whose peer went away (gloo: "Connection closed by peer", NCCL: a
+    timeout) into one message that says where the real error is: in the log of the rank that stopped first."""
+    try:
+        yield
+    except RuntimeError as error:
+        if isinstance(error, PeerRankFailedError):
+            raise
+        raise PeerRankFailedError(
+            f"rank {dist.get_rank()}: the collective '{what}' failed ({type(error).__name__}: {str(error)[:200]}). "
+            "Most likely another data-parallel rank stopped with an error: its own traceback, printed by that rank "
+            "(torchrun shows every rank's output), is the cause to fix; this rank stops too instead of waiting."
+        ) from error
 
 
 def is_distributed() -> bool:
@@ -86,10 +107,12 @@ def broadcast_tensors(tensors: Iterable[th.Tensor], source: int = 0) -> None:
         for tensor in tensors:
             data = tensor.data
             if data.is_contiguous() and data.dtype != th.bool:
-                dist.broadcast(data, src=source)
+                with _collective("broadcast"):
+                    dist.broadcast(data, src=source)
                 continue
             staged = data.contiguous().to(th.uint8 if data.dtype == th.bool else data.dtype)  # gloo: no bool tensors
-            dist.broadcast(staged, src=source)
+            with _collective("broadcast"):
+                dist.broadcast(staged, src=source)
             data.copy_(staged.to(data.dtype))
 
 
@@ -104,7 +127,8 @@ def max_over_ranks(value: int) -> int:
     if not is_distributed():
         return int(value)
     tensor = th.tensor([int(value)], dtype=th.int64, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    with _collective("max over ranks"):
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
 
 
@@ -113,7 +137,8 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     if not is_distributed():
         return [float(v) for v in values]
     tensor = th.tensor(values, dtype=th.float64, device=_collective_device())
-    dist.all_reduce(tensor)
+    with _collective("sum over ranks"):
+        dist.all_reduce(tensor)
     return tensor.tolist()
 
 
@@ -133,7 +158,8 @@ def average_gradients(parameters: list[nn.Parameter], weight: float, failed: boo
     ]
     pieces.append(th.tensor([float(weight), float(failed)], dtype=th.float32, device=device))
     flat = th.cat(pieces)
-    dist.all_reduce(flat)
+    with _collective("gradient average"):
+        dist.all_reduce(flat)
     total_weight, n_failed = float(flat[-2]), float(flat[-1])
     if total_weight > 0:
         flat[:-2] /= total_weight

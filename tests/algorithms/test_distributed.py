@@ -5,6 +5,7 @@ raising (``start_processes`` re-raises a worker's exception here). Each start co
 """
 
 import copy
+import datetime
 import os
 import subprocess
 import sys
@@ -227,7 +228,7 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
 
 # --------------------------------------------------------------------------------- a rank that raises
 FAILING_JOB = textwrap.dedent("""
-    import sys, torch as th, torch._dynamo, torch.distributed as dist, torch.multiprocessing as mp
+    import sys, traceback, torch as th, torch._dynamo, torch.distributed as dist, torch.multiprocessing as mp
     from stable_baselines3.common.callbacks import BaseCallback
     from sb3_stepnft import StepNFT
     from tests.helpers import point_reach_vec
@@ -242,7 +243,13 @@ FAILING_JOB = textwrap.dedent("""
         th.set_num_threads(1)
         dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=2)
         model = StepNFT("MlpPolicy", point_reach_vec(n_envs=1), n_steps=8, batch_size=8, seed=0)
-        model.learn(total_timesteps=10_000, callback=FailOnRankOne())
+        try:
+            model.learn(total_timesteps=10_000, callback=FailOnRankOne())
+        except BaseException:
+            # Every rank prints its error, as torchrun's console shows each worker's output: torch.multiprocessing
+            # re-raises only the first failure it notices, which under load can be the survivor's.
+            traceback.print_exc()
+            raise
 
     if __name__ == "__main__":
         mp.start_processes(worker, args=(sys.argv[1],), nprocs=2, join=True, start_method="fork")
@@ -263,6 +270,29 @@ def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     assert result.returncode != 0
     assert "simulator crashed on rank 1" in result.stderr
     assert time.time() - start < 90
+
+
+def _peer_gone_worker(rank: int, init_file: str, out: str) -> None:
+    th.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
+    if rank == 1:  # leaves without taking part in the next collective (as a rank that crashed does)
+        dist.destroy_process_group()
+        return
+    try:
+        distributed.max_over_ranks(3)
+    except distributed.PeerRankFailedError as error:
+        with open(os.path.join(out, "survivor.txt"), "w") as file:
+            file.write(str(error))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_survivor_blocked_in_a_collective_says_where_the_cause_is(tmp_path):
+    _spawn(_peer_gone_worker, tmp_path, timeout=90.0)
+    message = (tmp_path / "survivor.txt").read_text()
+    assert message.startswith("rank 0: the collective 'max over ranks' failed")
+    assert "another data-parallel rank stopped with an error" in message
 
 
 def test_without_a_process_group_nothing_changes(monkeypatch):
