@@ -211,6 +211,7 @@ class FlowSolver:
         # Python floats of the same float32 values, for the sampling loop (no tensor indexing per step)
         self._step_floats = list(zip(self._coef_x.tolist(), self._coef_v.tolist(), self._std.tolist()))
         self._grids: dict[th.device, th.Tensor] = {}
+        self._plan_flags: dict[tuple[bool, ...], th.Tensor] = {}  # FlowChain.stochastic of each plan (read-only)
 
     def __repr__(self) -> str:
         return f"FlowSolver(num_denoise_steps={self.num_denoise_steps}, noise_level={self.noise_level})"
@@ -337,4 +338,7 @@ class FlowSolver:
                 x = self.euler_step(x, v)
             states.append(x)
             velocities.append(v)
-        return FlowChain(th.stack(states), th.stack(velocities), th.tensor(plan.stochastic))
+        stochastic = self._plan_flags.get(plan.stochastic)
+        if stochastic is None:
+            stochastic = self._plan_flags[plan.stochastic] = th.tensor(plan.stochastic)
+        return FlowChain(th.stack(states), th.stack(velocities), stochastic)

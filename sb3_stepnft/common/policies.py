@@ -142,8 +142,10 @@ class BaseFlowPolicy(BasePolicy):
         self.solver = FlowSolver(num_denoise_steps, noise_level)
         low = th.as_tensor(np.broadcast_to(action_space.low, action_space.shape).copy(), dtype=th.float32)
         high = th.as_tensor(np.broadcast_to(action_space.high, action_space.shape).copy(), dtype=th.float32)
-        self.register_buffer("_action_low", low.reshape(self.executed_rows, self.real_action_dim), persistent=False)
-        self.register_buffer("_action_high", high.reshape(self.executed_rows, self.real_action_dim), persistent=False)
+        shape = (self.executed_rows, self.real_action_dim)
+        for name in ("_action_low", "_action_high", "_action_span"):
+            self.register_buffer(name, th.zeros(shape), persistent=False)
+        self.set_action_bounds(low.reshape(shape), high.reshape(shape))
 
     @property
     def num_denoise_steps(self) -> int:
@@ -299,15 +301,23 @@ class BaseFlowPolicy(BasePolicy):
         """The executed rows and real dims of a ``(B, chunk_size, action_dim)`` chunk."""
         return chunk[:, : self.executed_rows, : self.real_action_dim]
 
+    def set_action_bounds(self, low: th.Tensor, high: th.Tensor) -> None:
+        """The env units that [-1, 1] maps to, broadcastable to ``(executed_rows, real_action_dim)``: the one place
+        that sets the bounds and their span."""
+        with th.no_grad():
+            self._action_low.copy_(low)
+            self._action_high.copy_(high)
+            self._action_span.copy_(self._action_high - self._action_low)
+
     def to_env_units(self, normalised: th.Tensor) -> th.Tensor:
         """[-1, 1] → Box bounds, shaped like the action space (``(B, A)`` or ``(B, H, A)``)."""
-        actions = self._action_low + 0.5 * (self.executed(normalised) + 1.0) * (self._action_high - self._action_low)
+        actions = self._action_low + 0.5 * (self.executed(normalised) + 1.0) * self._action_span
         return actions.reshape((-1, *self.action_space.shape))
 
     def to_normalised(self, actions: th.Tensor) -> th.Tensor:
         """Box bounds → [-1, 1], as ``(B, H, A)`` rows."""
         actions = actions.reshape(-1, self.executed_rows, self.real_action_dim).float()
-        return 2.0 * (actions - self._action_low) / (self._action_high - self._action_low) - 1.0
+        return 2.0 * (actions - self._action_low) / self._action_span - 1.0
 
     # ------------------------------------------------------------------------------------------- SB3 acting
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:

@@ -211,8 +211,7 @@ class FlowVLAPolicy(BaseFlowPolicy):
                 f"norm_stats has action statistics for {first.numel()} dims, the action space has {self.real_action_dim}"
             )
         low, high = (first - second, first + second) if stats["mode"] == "mean_std" else (first, second)
-        self._action_low.copy_(low.expand_as(self._action_low))
-        self._action_high.copy_(high.expand_as(self._action_high))
+        self.set_action_bounds(low, high)
 
     def normalize_state(self, state: th.Tensor) -> th.Tensor:
         """``(B, S)`` raw state → normalised with ``norm_stats`` (its first dims; identity without statistics)."""
