@@ -69,6 +69,7 @@ def run(seed: int, args) -> dict:
         policy_kwargs=vla_policy_kwargs(args.expert, args.variant, args.expert_width),
         seed=seed,
         ema_horizon_ratio=args.ema_horizon_ratio,
+        **({} if args.noise_level is None else dict(noise_level=args.noise_level)),
     )
     # the same episodes and demonstrator; with --state-prompt recorded in π0.5's prompt env
     demo_env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH) if args.state_prompt else None
@@ -113,6 +114,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--noise-level", type=float, default=None, help="StepNFT's noise level (default: its default)")
     parser.add_argument("--demos", type=int, default=40)
     parser.add_argument("--imperfect-fraction", type=float, default=0.3)
     parser.add_argument("--pretrain-epochs", type=int, default=200)
