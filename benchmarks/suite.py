@@ -9,7 +9,8 @@ Tasks (``--tasks``):
   on 40 imperfect demonstrations. No
   Gaussian reference: SB3 has no policy for a frozen VLM backbone.
 - ``push_cube`` / ``pick_cube``: ManiSkill3 PushCube-v1 / PickCube-v1, state observations, ``pd_ee_delta_pos``, chunks
-  of 8, 10 motion-planned demonstrations (``generate_demonstrations``, cached under ``<out>/tmp/demos``), observation
+  of 8, motion-planned demonstrations (``generate_demonstrations``, cached under ``<out>/tmp/demos``: 10 for PushCube;
+  50 for PickCube, pretrained for 300 epochs, since 10 start it at 0.01: pretrain_sweep_pick_cube.md), observation
   normalisation and action bounds from the demonstrations, episodes of 1.5x the mean demonstration length.
 
 Algorithms: StepNFT, FlowPPO and FlowGRPO start from the **same pretrained flow policy per seed** (``pretrain`` at its
@@ -69,6 +70,7 @@ class Task:
     quick_env_steps: int
     gaussian_references: bool = True
     pretrain_kwargs: dict | None = None  # None: pretrain's defaults
+    n_demos: int = 10  # ManiSkill: motion-planned demonstrations for pretraining
 
     # ---------------------------------------------------------------------------------------- per task hooks
     def prepare(self, out: str, quick: bool) -> dict:
@@ -144,7 +146,7 @@ class ManiSkillTask(Task):
     def prepare(self, out, quick):
         from sb3_stepnft.envs.maniskill_demos import demo_action_bounds, generate_demonstrations
 
-        demos, stats = generate_demonstrations(self.env_id, 10, out_dir=os.path.join(out, "tmp", "demos"))
+        demos, stats = generate_demonstrations(self.env_id, self.n_demos, out_dir=os.path.join(out, "tmp", "demos"))
         return dict(demos=demos, bounds=demo_action_bounds(demos), max_episode_steps=stats["recommended_max_episode_steps"])
 
     def make_env(self, algo, n_envs, seed, context):
@@ -186,7 +188,17 @@ TASKS = {
         pretrain_kwargs=dict(epochs=200, learning_rate=1e-3),  # benchmarks/vla_langreach.py's pretraining
     ),
     "push_cube": PushCubeTask("push_cube", "ManiSkill PushCube (state)", chunk=8, env_steps=100_000, quick_env_steps=16_000),
-    "pick_cube": PickCubeTask("pick_cube", "ManiSkill PickCube (state)", chunk=8, env_steps=100_000, quick_env_steps=16_000),
+    # PickCube from 10 demos starts at 0.01 and nothing learns; 50 demos and 300 epochs start at 0.15 (tuning seeds:
+    # benchmarks/results/pretrain_sweep_pick_cube.md).
+    "pick_cube": PickCubeTask(
+        "pick_cube",
+        "ManiSkill PickCube (state)",
+        chunk=8,
+        env_steps=100_000,
+        quick_env_steps=16_000,
+        pretrain_kwargs=dict(epochs=300),
+        n_demos=50,
+    ),
 }
 
 
