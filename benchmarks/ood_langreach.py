@@ -1,0 +1,278 @@
+"""OOD generalisation on LangReach (the paper's Table 2, in miniature): StepNFT and FlowPPO from one SFT start.
+
+Per seed: the tiny VLA of benchmarks/suite.py's ``lang_reach`` task (FlowVLAPolicy, tiny PaliGemma frozen, shared
+action expert of width 32, ByT5 tokens, max_length 24, chunks of 4) is pretrained once (200 epochs at lr 1e-3) on 40
+demonstrations (30% imperfect) recorded under the in-distribution variations (``OOD_VARIATIONS["ind"]``:
+three backgrounds, two shades per target, three phrasings, starts in [-0.2, 0.2]²). StepNFT and FlowPPO (its value
+head on the same features: the frozen VLM's pooled prefix and the state) start from that policy, run at their
+defaults (``n_steps`` 128, 8 envs, the ``"ind"`` variations) for the same number of decisions (so the same env-step
+budget), and are evaluated with ``evaluate_success(deterministic=False)`` on ``--n-eval`` episodes of each category:
+``ind`` and the held-out ``vision`` (unseen backgrounds + pixel noise), ``semantics`` (unseen phrasings and target
+shades) and ``execution`` (starts in the annulus 0.25 <= max(|x|, |y|) <= 0.4). Evaluation seeds start at 20_000
+(never used for anything else; nothing was tuned). The SFT policy is evaluated too (the baseline row).
+
+Probe (``--probe``, default on): FlowPPO's value head on the same 200 start states (same seeds: same target,
+phrasing, start) rendered under ``ind`` and under ``vision``; it reports how much V moves when only the nuisance
+pixels change, relative to how much it varies across IND states, and V's correlation with the background colour.
+
+    python benchmarks/ood_langreach.py --quick                     # minutes: 1 seed, tiny budget, runs/ood/
+    nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 --decisions 8192 --out benchmarks/results
+
+One process, one torch thread (LangReach renders 16x16 images in NumPy: fast on CPU; ManiSkill's rgb observations
+with CPU rendering are far too slow for a multi-seed study on 2 cores).
+"""
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+CATEGORIES = ("ind", "vision", "semantics", "execution")
+OOD = CATEGORIES[1:]
+ALGOS = ("StepNFT", "FlowPPO")
+N_ENVS = 8
+N_EVAL_ENVS = 8
+EVAL_SEED = 20_000
+CHUNK = 4
+MAX_LENGTH = 24
+
+
+def env_kwargs(category: str) -> dict:
+    from transformers import ByT5Tokenizer
+
+    from sb3_stepnft.envs.lang_reach import ood_env_kwargs
+
+    return dict(tokenizer=ByT5Tokenizer(), max_length=MAX_LENGTH, chunk_size=CHUNK, **ood_env_kwargs(category))
+
+
+def make_env(category: str, n_envs: int, seed: int):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_stepnft.envs.lang_reach import make_lang_reach_env
+
+    return make_vec_env(make_lang_reach_env, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs(category))
+
+
+def policy_spec() -> tuple:
+    from sb3_stepnft.vla import FlowVLAPolicy
+    from sb3_stepnft.vla.testing import tiny_paligemma_config
+
+    kwargs = dict(
+        vlm=tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400), expert="shared", expert_width=32
+    )
+    return FlowVLAPolicy, kwargs
+
+
+def build(algo: str, env, seed: int, n_steps: int):
+    import sb3_stepnft
+
+    policy, kwargs = policy_spec()
+    return getattr(sb3_stepnft, algo)(policy, env, policy_kwargs=kwargs, seed=seed, n_steps=n_steps)
+
+
+def sft_state(seed: int, n_demos: int = 40, epochs: int = 200) -> dict:
+    """The SFT policy of one seed (IND demonstrations), as a state dict; StepNFT is only its carrier."""
+    from sb3_stepnft.envs.lang_reach import collect_demonstrations, ood_env_kwargs
+    from sb3_stepnft.sft import pretrain
+
+    env = make_env("ind", 1, seed)
+    model = build("StepNFT", env, seed, 128)
+    kwargs = env_kwargs("ind")
+    demos, _ = collect_demonstrations(
+        n_demos, seed=seed, imperfect_fraction=0.3, tokenizer=kwargs["tokenizer"], max_length=MAX_LENGTH,
+        env_kwargs=ood_env_kwargs("ind"),
+    )  # fmt: skip
+    pretrain(model, demos, seed=seed, epochs=epochs, learning_rate=1e-3)
+    env.close()
+    return {name: tensor.clone() for name, tensor in model.policy.state_dict().items()}
+
+
+def evaluate_all(model, seed: int, n_eval: int) -> dict[str, float]:
+    """Success of ``model`` on every category, ``n_eval`` episodes each, on evaluation seeds ``EVAL_SEED + 1000·seed``."""
+    from sb3_stepnft.common.evaluation import evaluate_success
+
+    out = {}
+    for category in CATEGORIES:
+        env = make_env(category, N_EVAL_ENVS, EVAL_SEED + 1000 * seed)
+        out[category] = evaluate_success(model, env, n_eval_episodes=n_eval, seed=EVAL_SEED + 1000 * seed)[
+            "success_rate"
+        ]
+        env.close()
+    return out
+
+
+def probe_values(model, seed: int, n_states: int = 200) -> dict[str, float]:
+    """FlowPPO's value head on ``n_states`` start observations rendered under ``ind`` and under ``vision`` (same
+    reset seeds: the same target, phrasing and start; only backgrounds and pixel noise differ)."""
+    import torch as th
+
+    from sb3_stepnft.envs.lang_reach import make_lang_reach_env
+
+    values, backgrounds = {}, []
+    for category in ("ind", "vision"):
+        env = make_lang_reach_env(**env_kwargs(category))
+        batch: dict[str, list] = {}
+        for i in range(n_states):
+            obs, _ = env.reset(seed=EVAL_SEED + 500_000 + 1000 * seed + i)
+            for key, value in obs.items():
+                batch.setdefault(key, []).append(value)
+            if category == "ind":
+                backgrounds.append(env.unwrapped.background_colors.index(env.unwrapped.background_color))
+        obs_t, _ = model.policy.obs_to_tensor({k: np.stack(v) for k, v in batch.items()})
+        with th.no_grad():
+            values[category] = model.policy.predict_values(obs_t).flatten().cpu().numpy()
+        env.close()
+    ind, vision = values["ind"], values["vision"]
+    backgrounds = np.array(backgrounds)
+    # how much of V's variance over IND states the background explains (between-group variance / total variance)
+    means = {b: ind[backgrounds == b].mean() for b in np.unique(backgrounds)}
+    between = np.mean([(means[b] - ind.mean()) ** 2 for b in backgrounds])
+    return dict(
+        v_ind_mean=float(ind.mean()),
+        v_ind_std=float(ind.std()),
+        v_vision_mean=float(vision.mean()),
+        v_shift_abs=float(np.abs(vision - ind).mean()),
+        v_shift_rel=float(np.abs(vision - ind).mean() / (ind.std() + 1e-8)),
+        v_background_r2=float(between / (ind.var() + 1e-12)),
+    )
+
+
+def run_seed(
+    seed: int, decisions: int, n_eval: int, n_steps: int, probe: bool, log=print
+) -> tuple[list[dict], list[dict]]:
+    """SFT, then StepNFT and FlowPPO from it; rows ``(algo, seed, category, success_rate, ...)`` and probe rows."""
+    import torch as th
+
+    th.set_num_threads(1)
+    start = time.time()
+    state = sft_state(seed)
+    sft_time = time.time() - start
+    rows, probes = [], []
+    carrier = build("StepNFT", make_env("ind", 1, seed), seed, n_steps)
+    carrier.set_parameters({"policy": state}, exact_match=False)
+    carrier.env.close()
+    for category, rate in evaluate_all(carrier, seed, n_eval).items():
+        rows.append(dict(algo="SFT", seed=seed, category=category, success_rate=rate, decisions=0, train_time=sft_time))
+    log(f"seed {seed} SFT: {[(r['category'], r['success_rate']) for r in rows]} ({sft_time:.0f} s)")
+    for algo in ALGOS:
+        model = build(algo, make_env("ind", N_ENVS, 1_000 + seed), seed, n_steps)
+        model.set_parameters({"policy": state}, exact_match=False)  # FlowPPO's value head stays fresh
+        start = time.time()
+        model.learn(decisions)
+        train_time = time.time() - start
+        result = evaluate_all(model, seed, n_eval)
+        for category, rate in result.items():
+            rows.append(dict(algo=algo, seed=seed, category=category, success_rate=rate, decisions=model.num_timesteps,
+                             train_time=train_time))  # fmt: skip
+        log(f"seed {seed} {algo}: {result} ({train_time:.0f} s)")
+        if probe and algo == "FlowPPO":
+            probes.append(dict(seed=seed, **probe_values(model, seed)))
+            log(f"seed {seed} probe: {probes[-1]}")
+        model.env.close()
+    return rows, probes
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def pm(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{round(float(values.mean()), 3) + 0.0:.3f} ± {values.std():.3f}"
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown rows: per algorithm, mean ± std over seeds of the success on each category and the OOD mean."""
+    lines = ["| policy | seeds | IND | vision | semantics | execution | OOD mean | OOD - IND |", "|---" * 8 + "|"]
+    for algo in dict.fromkeys(r["algo"] for r in rows):
+        mine = [r for r in rows if r["algo"] == algo]
+        seeds = sorted({r["seed"] for r in mine})
+        per = {c: np.array([next(r["success_rate"] for r in mine if (r["seed"], r["category"]) == (s, c)) for s in seeds])
+               for c in CATEGORIES}  # fmt: skip
+        ood = np.mean([per[c] for c in OOD], axis=0)
+        cells = [pm(per[c]) for c in CATEGORIES] + [pm(ood), pm(ood - per["ind"])]
+        lines.append(f"| {algo} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def probe_table(probes: list[dict]) -> list[str]:
+    if not probes:
+        return []
+    keys = [k for k in probes[0] if k != "seed"]
+    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+            "| " + " | ".join(pm([p[k] for p in probes]) for k in keys) + " |"]  # fmt: skip
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
+    from sb3_stepnft.envs.lang_reach import OOD_VARIATIONS
+
+    lines = [f"Command: `{command}`", ""]
+    lines.append(
+        f"Seeds {sorted({r['seed'] for r in rows})}; {args.decisions} decisions (x{CHUNK} env steps) per run, {N_ENVS} "
+        f"envs, n_steps={args.n_steps}, both algorithms at their defaults from the same SFT policy per seed. Success over "
+        f"{args.n_eval} episodes per category (`evaluate_success(deterministic=False)`, evaluation seeds from "
+        f"{EVAL_SEED} + 1000·seed). Mean ± std over seeds. OOD mean: mean of vision, semantics, execution."
+    )
+    lines += [""] + table(rows) + [""]
+    lines.append(
+        "Variations (`sb3_stepnft.envs.lang_reach.OOD_VARIATIONS`; held-out categories change only their keys):"
+    )
+    lines.append("")
+    for category, kwargs in OOD_VARIATIONS.items():
+        lines.append(f"- `{category}`: " + "; ".join(f"{k}={v}" for k, v in kwargs.items()))
+    if probes:
+        lines += ["", "FlowPPO value-head probe (200 start states, same seeds rendered under `ind` and `vision`; "
+                  "`v_shift_rel`: mean |V_vision - V_ind| / std of V over IND states; `v_background_r2`: share of "
+                  "V's variance over IND states explained by the background colour):", ""]  # fmt: skip
+        lines += probe_table(probes)
+    lines += ["", f"Wall time: SFT {np.mean([r['train_time'] for r in rows if r['algo'] == 'SFT']):.0f} s, "
+              + ", ".join(f"{a} {np.mean([r['train_time'] for r in rows if r['algo'] == a]):.0f} s"
+                          for a in ALGOS if any(r["algo"] == a for r in rows)) + " of training per seed."]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--decisions", type=int, default=None, help="per run (default 8192; --quick: 256)")
+    parser.add_argument("--n-eval", type=int, default=None, help="episodes per category (default 200; --quick: 16)")
+    parser.add_argument("--n-steps", type=int, default=128)
+    parser.add_argument("--no-probe", dest="probe", action="store_false")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=os.path.join("runs", "ood"))
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    args.decisions = args.decisions or (256 if args.quick else 8192)
+    args.n_eval = args.n_eval or (16 if args.quick else 200)
+    if args.quick:
+        args.n_steps = min(args.n_steps, 16)
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, "ood_langreach" + ("_quick" if args.quick else ""))
+    command = " ".join(["python benchmarks/ood_langreach.py", *(sys.argv[1:] if argv is None else argv)])
+    rows, probes = [], []
+    for seed in args.seeds:  # results are written after every seed: a partial run is still reported (seeds done)
+        seed_rows, seed_probes = run_seed(seed, args.decisions, args.n_eval, args.n_steps, args.probe)
+        rows += seed_rows
+        probes += seed_probes
+        write_csv(rows, out + ".csv")
+        if probes:
+            write_csv(probes, out + "_probe.csv")
+        text = report(rows, probes, args, command)
+        with open(out + ".md", "w") as f:
+            f.write(text)
+    print(text)
+    print(f"wrote {out}.md, {out}.csv")
+
+
+if __name__ == "__main__":
+    main()
