@@ -16,7 +16,7 @@ phrasing, start) rendered under ``ind`` and under ``vision``; it reports how muc
 pixels change, relative to how much it varies across IND states, and V's correlation with the background colour.
 
     python benchmarks/ood_langreach.py --quick                     # minutes: 1 seed, tiny budget, runs/ood/
-    nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 --decisions 8192 --out benchmarks/results
+    nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 3 4 --decisions 40960 --out benchmarks/results
 
 One process, one torch thread (LangReach renders 16x16 images in NumPy: fast on CPU; ManiSkill's rgb observations
 with CPU rendering are far too slow for a multi-seed study on 2 cores).
@@ -34,6 +34,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 CATEGORIES = ("ind", "vision", "semantics", "execution")
 OOD = CATEGORIES[1:]
+#: ``--factors``: single-factor splits of the held-out categories (the ``"ind"`` variations with one key of the
+#: category's replaced), to tell which factor a category's drop comes from.
+FACTORS: dict[str, tuple[str, str]] = {
+    "vision/background": ("vision", "background_colors"),
+    "vision/noise": ("vision", "image_noise_std"),
+    "semantics/phrasing": ("semantics", "instruction_templates"),
+    "semantics/shades": ("semantics", "target_shades"),
+}
 ALGOS = ("StepNFT", "FlowPPO")
 N_ENVS = 8
 N_EVAL_ENVS = 8
@@ -45,9 +53,14 @@ MAX_LENGTH = 24
 def env_kwargs(category: str) -> dict:
     from transformers import ByT5Tokenizer
 
-    from sb3_stepnft.envs.lang_reach import ood_env_kwargs
+    from sb3_stepnft.envs.lang_reach import OOD_VARIATIONS, ood_env_kwargs
 
-    return dict(tokenizer=ByT5Tokenizer(), max_length=MAX_LENGTH, chunk_size=CHUNK, **ood_env_kwargs(category))
+    if category in FACTORS:
+        held_out, key = FACTORS[category]
+        variations = {**ood_env_kwargs("ind"), key: OOD_VARIATIONS[held_out][key]}
+    else:
+        variations = ood_env_kwargs(category)
+    return dict(tokenizer=ByT5Tokenizer(), max_length=MAX_LENGTH, chunk_size=CHUNK, **variations)
 
 
 def make_env(category: str, n_envs: int, seed: int):
@@ -92,12 +105,12 @@ def sft_state(seed: int, n_demos: int = 40, epochs: int = 200) -> dict:
     return {name: tensor.clone() for name, tensor in model.policy.state_dict().items()}
 
 
-def evaluate_all(model, seed: int, n_eval: int) -> dict[str, float]:
+def evaluate_all(model, seed: int, n_eval: int, categories=CATEGORIES) -> dict[str, float]:
     """Success of ``model`` on every category, ``n_eval`` episodes each, on evaluation seeds ``EVAL_SEED + 1000·seed``."""
     from sb3_stepnft.common.evaluation import evaluate_success
 
     out = {}
-    for category in CATEGORIES:
+    for category in categories:
         env = make_env(category, N_EVAL_ENVS, EVAL_SEED + 1000 * seed)
         out[category] = evaluate_success(model, env, n_eval_episodes=n_eval, seed=EVAL_SEED + 1000 * seed)[
             "success_rate"
@@ -143,7 +156,7 @@ def probe_values(model, seed: int, n_states: int = 200) -> dict[str, float]:
 
 
 def run_seed(
-    seed: int, decisions: int, n_eval: int, n_steps: int, probe: bool, log=print
+    seed: int, decisions: int, n_eval: int, n_steps: int, probe: bool, log=print, categories=CATEGORIES
 ) -> tuple[list[dict], list[dict]]:
     """SFT, then StepNFT and FlowPPO from it; rows ``(algo, seed, category, success_rate, ...)`` and probe rows."""
     import torch as th
@@ -156,7 +169,7 @@ def run_seed(
     carrier = build("StepNFT", make_env("ind", 1, seed), seed, n_steps)
     carrier.set_parameters({"policy": state}, exact_match=False)
     carrier.env.close()
-    for category, rate in evaluate_all(carrier, seed, n_eval).items():
+    for category, rate in evaluate_all(carrier, seed, n_eval, categories).items():
         rows.append(dict(algo="SFT", seed=seed, category=category, success_rate=rate, decisions=0, train_time=sft_time))
     log(f"seed {seed} SFT: {[(r['category'], r['success_rate']) for r in rows]} ({sft_time:.0f} s)")
     for algo in ALGOS:
@@ -165,7 +178,7 @@ def run_seed(
         start = time.time()
         model.learn(decisions)
         train_time = time.time() - start
-        result = evaluate_all(model, seed, n_eval)
+        result = evaluate_all(model, seed, n_eval, categories)
         for category, rate in result.items():
             rows.append(dict(algo=algo, seed=seed, category=category, success_rate=rate, decisions=model.num_timesteps,
                              train_time=train_time))  # fmt: skip
@@ -185,15 +198,34 @@ def pm(values) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     """Markdown rows: per algorithm, mean ± std over seeds of the success on each category and the OOD mean."""
-    lines = ["| policy | seeds | IND | vision | semantics | execution | OOD mean | OOD - IND |", "|---" * 8 + "|"]
+    head = "| policy | seeds | IND | vision | semantics | execution | OOD mean | OOD - IND | OOD / IND |"
+    lines = [head, "|---" * 9 + "|"]
     for algo in dict.fromkeys(r["algo"] for r in rows):
         mine = [r for r in rows if r["algo"] == algo]
         seeds = sorted({r["seed"] for r in mine})
         per = {c: np.array([next(r["success_rate"] for r in mine if (r["seed"], r["category"]) == (s, c)) for s in seeds])
                for c in CATEGORIES}  # fmt: skip
         ood = np.mean([per[c] for c in OOD], axis=0)
-        cells = [pm(per[c]) for c in CATEGORIES] + [pm(ood), pm(ood - per["ind"])]
+        cells = [pm(per[c]) for c in CATEGORIES] + [
+            pm(ood),
+            pm(ood - per["ind"]),
+            pm(ood / np.maximum(per["ind"], 1e-9)),
+        ]
         lines.append(f"| {algo} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def factor_table(rows: list[dict]) -> list[str]:
+    """Markdown rows of the single-factor splits (``--factors``), if any: mean ± std over seeds per algorithm."""
+    factors = [f for f in FACTORS if any(r["category"] == f for r in rows)]
+    if not factors:
+        return []
+    lines = ["| policy | IND | " + " | ".join(factors) + " |", "|---" * (len(factors) + 2) + "|"]
+    for algo in dict.fromkeys(r["algo"] for r in rows):
+        cells = [
+            pm([r["success_rate"] for r in rows if (r["algo"], r["category"]) == (algo, c)]) for c in ("ind", *factors)
+        ]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -212,6 +244,17 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: str) -> list[dict]:
+    """Rows written by :func:`write_csv`, numbers converted back."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    text = ("algo", "category")
+    return [
+        {k: (v if k in text else int(v) if k in ("seed", "decisions") else float(v)) for k, v in r.items()}
+        for r in rows
+    ]
+
+
 def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
     from sb3_stepnft.envs.lang_reach import OOD_VARIATIONS
 
@@ -223,6 +266,9 @@ def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
         f"{EVAL_SEED} + 1000·seed). Mean ± std over seeds. OOD mean: mean of vision, semantics, execution."
     )
     lines += [""] + table(rows) + [""]
+    if factor_table(rows):
+        lines += ["Single-factor splits (`--factors`: the IND variations with one factor of a held-out category):", ""]
+        lines += factor_table(rows) + [""]
     lines.append(
         "Variations (`sb3_stepnft.envs.lang_reach.OOD_VARIATIONS`; held-out categories change only their keys):"
     )
@@ -244,24 +290,46 @@ def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
-    parser.add_argument("--decisions", type=int, default=None, help="per run (default 8192; --quick: 256)")
+    parser.add_argument("--decisions", type=int, default=None, help="per run (default 40960; --quick: 256)")
     parser.add_argument("--n-eval", type=int, default=None, help="episodes per category (default 200; --quick: 16)")
     parser.add_argument("--n-steps", type=int, default=128)
     parser.add_argument("--no-probe", dest="probe", action="store_false")
+    parser.add_argument("--factors", action="store_true", help="also evaluate the single-factor splits (FACTORS)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join("runs", "ood"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the .md from the .csv files of an earlier run (pass that run's arguments); keeps its command",
+    )
     args = parser.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    args.decisions = args.decisions or (256 if args.quick else 8192)
+    args.decisions = args.decisions or (256 if args.quick else 40_960)
     args.n_eval = args.n_eval or (16 if args.quick else 200)
     if args.quick:
         args.n_steps = min(args.n_steps, 16)
     os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, "ood_langreach" + ("_quick" if args.quick else ""))
+    out = os.path.join(
+        args.out, "ood_langreach" + ("_factors" if args.factors else "") + ("_quick" if args.quick else "")
+    )
+    categories = CATEGORIES + (tuple(FACTORS) if args.factors else ())
     command = " ".join(["python benchmarks/ood_langreach.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.report_only:
+        with open(out + ".md") as f:
+            first = f.readline().strip()
+        previous = first.split("`")[1] if first.startswith("Command: `") else "an earlier run"
+        rows = read_csv(out + ".csv")
+        probes = read_csv(out + "_probe.csv") if os.path.exists(out + "_probe.csv") else []
+        text = report(rows, probes, args, f"{previous}`; table rewritten from its CSV by `{command}")
+        with open(out + ".md", "w") as f:
+            f.write(text)
+        print(text)
+        return
     rows, probes = [], []
     for seed in args.seeds:  # results are written after every seed: a partial run is still reported (seeds done)
-        seed_rows, seed_probes = run_seed(seed, args.decisions, args.n_eval, args.n_steps, args.probe)
+        seed_rows, seed_probes = run_seed(
+            seed, args.decisions, args.n_eval, args.n_steps, args.probe, categories=categories
+        )
         rows += seed_rows
         probes += seed_probes
         write_csv(rows, out + ".csv")

@@ -30,14 +30,27 @@ def test_one_tiny_seed_end_to_end(ood, monkeypatch):
     assert "v_shift_rel" in text and "- `vision`: background_colors=" in text
 
 
-def test_table_means_over_seeds(ood):
+def test_table_means_over_seeds_and_csv_round_trip(ood, tmp_path):
     rows = []
-    for seed, (ind, vision, semantics, execution) in enumerate([(0.8, 0.6, 0.5, 0.4), (0.6, 0.4, 0.3, 0.2)]):
-        for category, rate in zip(ood.CATEGORIES, (ind, vision, semantics, execution)):
-            rows.append(dict(algo="StepNFT", seed=seed, category=category, success_rate=rate))
+    for seed, rates in enumerate([(0.8, 0.5, 0.4, 0.3), (0.5, 0.4, 0.3, 0.2)]):
+        for category, rate in zip(ood.CATEGORIES, rates):
+            rows.append(dict(algo="StepNFT", seed=seed, category=category, success_rate=rate, decisions=8))
+    ood.write_csv(rows, str(tmp_path / "r.csv"))
+    assert ood.read_csv(str(tmp_path / "r.csv")) == rows
     (line,) = ood.table(rows)[2:]
-    # IND 0.7 ± 0.1; OOD mean per seed 0.5 and 0.3 -> 0.4 ± 0.1; OOD - IND -0.3 and -0.3
+    # OOD mean per seed 0.4 and 0.3; OOD - IND -0.4 and -0.2; OOD / IND 0.5 and 0.6
     assert line == (
-        "| StepNFT | 2 | 0.700 ± 0.100 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.300 ± 0.100 | 0.400 ± 0.100 | "
-        "-0.300 ± 0.000 |"
+        "| StepNFT | 2 | 0.650 ± 0.150 | 0.450 ± 0.050 | 0.350 ± 0.050 | 0.250 ± 0.050 | 0.350 ± 0.050 | "
+        "-0.300 ± 0.100 | 0.550 ± 0.050 |"
     )
+    assert ood.factor_table(rows) == []
+
+
+def test_single_factor_splits_change_one_factor(ood):
+    from sb3_stepnft.envs.lang_reach import OOD_VARIATIONS
+
+    ind = ood.env_kwargs("ind")
+    for name, (category, key) in ood.FACTORS.items():
+        kwargs = ood.env_kwargs(name)
+        assert kwargs[key] == OOD_VARIATIONS[category][key] != ind[key]
+        assert {k for k in kwargs if k != "tokenizer" and kwargs[k] != ind[k]} == {key}
