@@ -156,16 +156,28 @@ def probe_values(model, seed: int, n_states: int = 200) -> dict[str, float]:
 
 
 def run_seed(
-    seed: int, decisions: int, n_eval: int, n_steps: int, probe: bool, log=print, categories=CATEGORIES
-) -> tuple[list[dict], list[dict]]:
-    """SFT, then StepNFT and FlowPPO from it; rows ``(algo, seed, category, success_rate, ...)`` and probe rows."""
+    seed: int,
+    decisions: int,
+    n_eval: int,
+    n_steps: int,
+    probe: bool,
+    log=print,
+    categories=CATEGORIES,
+    curve_every: int = 0,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """SFT, then StepNFT and FlowPPO from it; rows ``(algo, seed, category, success_rate, ...)`` at the end, probe
+    rows, and (``curve_every`` decisions > 0) curve rows: every category evaluated during training (at the first
+    rollout past each ``curve_every`` decisions, and at the end; the evaluations use their own seeded RNGs and envs,
+    so training is the same with or without them)."""
     import torch as th
+
+    from benchmarks.curves import PeriodicEvaluation
 
     th.set_num_threads(1)
     start = time.time()
     state = sft_state(seed)
     sft_time = time.time() - start
-    rows, probes = [], []
+    rows, probes, curves = [], [], []
     carrier = build("StepNFT", make_env("ind", 1, seed), seed, n_steps)
     carrier.set_parameters({"policy": state}, exact_match=False)
     carrier.env.close()
@@ -175,9 +187,17 @@ def run_seed(
     for algo in ALGOS:
         model = build(algo, make_env("ind", N_ENVS, 1_000 + seed), seed, n_steps)
         model.set_parameters({"policy": state}, exact_match=False)  # FlowPPO's value head stays fresh
-        start = time.time()
-        model.learn(decisions)
-        train_time = time.time() - start
+        start, eval_time = time.time(), [0.0]
+
+        def checkpoint(model=model, algo=algo, eval_time=eval_time):
+            begin = time.time()
+            for category, rate in evaluate_all(model, seed, n_eval).items():
+                curves.append(dict(algo=algo, seed=seed, category=category, success_rate=rate,
+                                   decisions=model.num_timesteps))  # fmt: skip
+            eval_time[0] += time.time() - begin
+
+        model.learn(decisions, callback=PeriodicEvaluation(checkpoint, curve_every) if curve_every else None)
+        train_time = time.time() - start - eval_time[0]
         result = evaluate_all(model, seed, n_eval, categories)
         for category, rate in result.items():
             rows.append(dict(algo=algo, seed=seed, category=category, success_rate=rate, decisions=model.num_timesteps,
@@ -187,7 +207,7 @@ def run_seed(
             probes.append(dict(seed=seed, **probe_values(model, seed)))
             log(f"seed {seed} probe: {probes[-1]}")
         model.env.close()
-    return rows, probes
+    return rows, probes, curves
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -229,6 +249,67 @@ def factor_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def curve_table(curves: list[dict]) -> list[str]:
+    """Markdown rows of the curves (``--curve-every``): per algorithm and checkpoint, success on each category and the
+    OOD mean, means over the seeds (so the algorithms can be compared at the same IND success)."""
+    if not curves:
+        return []
+    lines = ["| policy | decisions | seeds | IND | vision | semantics | execution | OOD mean |", "|---" * 8 + "|"]
+    for algo in dict.fromkeys(r["algo"] for r in curves):
+        for decisions in sorted({r["decisions"] for r in curves if r["algo"] == algo}):
+            mine = [r for r in curves if (r["algo"], r["decisions"]) == (algo, decisions)]
+            rate = {c: np.mean([r["success_rate"] for r in mine if r["category"] == c]) for c in CATEGORIES}
+            seeds = len({r["seed"] for r in mine})
+            cells = [f"{rate[c]:.3f}" for c in CATEGORIES] + [f"{np.mean([rate[c] for c in OOD]):.3f}"]
+            lines.append(f"| {algo} | {decisions} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(curves: list[dict], out: str) -> None:
+    """``out.png``: OOD mean against IND success along training (one line per algorithm and seed; the paper's claim
+    is a curve above the other at the same IND success), and IND / OOD mean against decisions (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, algo in enumerate(dict.fromkeys(r["algo"] for r in curves)):
+        color = f"C{index}"
+        seeds = sorted({r["seed"] for r in curves if r["algo"] == algo})
+        grid = sorted({r["decisions"] for r in curves if r["algo"] == algo})
+        per = {}  # (seed, category) -> success along the grid
+        for seed in seeds:
+            for c in CATEGORIES:
+                points = {
+                    r["decisions"]: r["success_rate"]
+                    for r in curves
+                    if (r["algo"], r["seed"], r["category"]) == (algo, seed, c)
+                }
+                per[seed, c] = np.array([points[d] for d in grid])  # fmt: skip
+            ood = np.mean([per[seed, c] for c in OOD], axis=0)
+            left.plot(
+                per[seed, "ind"], ood, "o-", color=color, alpha=0.6, ms=3, label=algo if seed == seeds[0] else None
+            )
+        ind = np.mean([per[s, "ind"] for s in seeds], axis=0)
+        ood = np.mean([np.mean([per[s, c] for c in OOD], axis=0) for s in seeds], axis=0)
+        right.plot(grid, ind, "-", color=color, label=f"{algo} IND")
+        right.plot(grid, ood, "--", color=color, label=f"{algo} OOD mean")
+    left.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)
+    left.set_xlabel("IND success")
+    left.set_ylabel("OOD success (mean of vision, semantics, execution)")
+    left.set_title("OOD against IND along training (per seed)")
+    right.set_xlabel("decisions (x4 env steps)")
+    right.set_ylabel("success (mean over seeds)")
+    right.set_title("LangReach OOD study")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=110)
+    plt.close(fig)
+
+
 def probe_table(probes: list[dict]) -> list[str]:
     if not probes:
         return []
@@ -255,7 +336,7 @@ def read_csv(path: str) -> list[dict]:
     ]
 
 
-def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
+def report(rows: list[dict], probes: list[dict], args, command: str, curves: list[dict] | None = None) -> str:
     from sb3_stepnft.envs.lang_reach import OOD_VARIATIONS
 
     lines = [f"Command: `{command}`", ""]
@@ -280,6 +361,13 @@ def report(rows: list[dict], probes: list[dict], args, command: str) -> str:
                   "`v_shift_rel`: mean |V_vision - V_ind| / std of V over IND states; `v_background_r2`: share of "
                   "V's variance over IND states explained by the background colour):", ""]  # fmt: skip
         lines += probe_table(probes)
+    if curves:
+        lines += [
+            "",
+            f"Along training (every category evaluated every {args.curve_every} decisions; means over seeds):",
+            "",
+        ]
+        lines += curve_table(curves)
     lines += ["", f"Wall time: SFT {np.mean([r['train_time'] for r in rows if r['algo'] == 'SFT']):.0f} s, "
               + ", ".join(f"{a} {np.mean([r['train_time'] for r in rows if r['algo'] == a]):.0f} s"
                           for a in ALGOS if any(r["algo"] == a for r in rows)) + " of training per seed."]  # fmt: skip
@@ -295,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-steps", type=int, default=128)
     parser.add_argument("--no-probe", dest="probe", action="store_false")
     parser.add_argument("--factors", action="store_true", help="also evaluate the single-factor splits (FACTORS)")
+    parser.add_argument("--curve-every", type=int, default=0, help="decisions between evaluations during training")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join("runs", "ood"))
     parser.add_argument(
@@ -320,22 +409,33 @@ def main(argv: list[str] | None = None) -> None:
         previous = first.split("`")[1] if first.startswith("Command: `") else "an earlier run"
         rows = read_csv(out + ".csv")
         probes = read_csv(out + "_probe.csv") if os.path.exists(out + "_probe.csv") else []
-        text = report(rows, probes, args, f"{previous}`; table rewritten from its CSV by `{command}")
+        curves = read_csv(out + "_curves.csv") if os.path.exists(out + "_curves.csv") else []
+        text = report(rows, probes, args, f"{previous}`; table rewritten from its CSV by `{command}", curves)
         with open(out + ".md", "w") as f:
             f.write(text)
         print(text)
         return
-    rows, probes = [], []
+    rows, probes, curves = [], [], []
     for seed in args.seeds:  # results are written after every seed: a partial run is still reported (seeds done)
-        seed_rows, seed_probes = run_seed(
-            seed, args.decisions, args.n_eval, args.n_steps, args.probe, categories=categories
+        seed_rows, seed_probes, seed_curves = run_seed(
+            seed,
+            args.decisions,
+            args.n_eval,
+            args.n_steps,
+            args.probe,
+            categories=categories,
+            curve_every=args.curve_every,
         )
         rows += seed_rows
         probes += seed_probes
+        curves += seed_curves
+        if curves:
+            write_csv(curves, out + "_curves.csv")
+            plot(curves, out)
         write_csv(rows, out + ".csv")
         if probes:
             write_csv(probes, out + "_probe.csv")
-        text = report(rows, probes, args, command)
+        text = report(rows, probes, args, command, curves)
         with open(out + ".md", "w") as f:
             f.write(text)
     print(text)

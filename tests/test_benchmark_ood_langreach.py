@@ -14,20 +14,30 @@ def ood():
     return load_script("ood_langreach", "benchmarks")
 
 
-def test_one_tiny_seed_end_to_end(ood, monkeypatch):
+def test_one_tiny_seed_end_to_end(ood, monkeypatch, tmp_path):
     original = ood.sft_state
     monkeypatch.setattr(ood, "sft_state", lambda seed: original(seed, n_demos=2, epochs=1))
-    rows, probes = ood.run_seed(0, decisions=ood.N_ENVS * 2, n_eval=2, n_steps=2, probe=True, log=lambda *a: None)
-    assert [(r["algo"], r["category"]) for r in rows] == [(a, c) for a in ("SFT", *ood.ALGOS) for c in ood.CATEGORIES]
+    categories = (*ood.CATEGORIES, "semantics/phrasing")
+    rows, probes, curves = ood.run_seed(
+        0, ood.N_ENVS * 2, n_eval=2, n_steps=2, probe=True, log=lambda *a: None, categories=categories, curve_every=8
+    )
+    assert [(r["algo"], r["category"]) for r in rows] == [(a, c) for a in ("SFT", *ood.ALGOS) for c in categories]
+    # one rollout of 16 decisions: evaluated before it and at the end, on the four categories
+    assert [(r["algo"], r["decisions"]) for r in curves] == [
+        (a, d) for a in ood.ALGOS for d in (0, 16) for _ in range(4)
+    ]
     assert all(0.0 <= r["success_rate"] <= 1.0 for r in rows)
     assert {r["decisions"] for r in rows if r["algo"] != "SFT"} == {ood.N_ENVS * 2}
     (probe,) = probes
     assert probe["seed"] == 0 and probe["v_shift_abs"] > 0.0  # the vision pixels reach the value head
     assert all(np.isfinite(v) for v in probe.values()) and 0.0 <= probe["v_background_r2"] <= 1.0 + 1e-6
-    args = types.SimpleNamespace(decisions=16, n_steps=2, n_eval=2)
-    text = ood.report(rows, probes, args, "python benchmarks/ood_langreach.py --test")
+    args = types.SimpleNamespace(decisions=16, n_steps=2, n_eval=2, curve_every=8)
+    text = ood.report(rows, probes, args, "python benchmarks/ood_langreach.py --test", curves)
     assert "Command: `python benchmarks/ood_langreach.py --test`" in text and "| FlowPPO | 1 |" in text
     assert "v_shift_rel" in text and "- `vision`: background_colors=" in text
+    assert "| semantics/phrasing |" in text and "| StepNFT | 16 | 1 |" in text
+    ood.plot(curves, str(tmp_path / "ood"))
+    assert (tmp_path / "ood.png").stat().st_size > 1000
 
 
 def test_table_means_over_seeds_and_csv_round_trip(ood, tmp_path):
