@@ -16,7 +16,7 @@ phrasing, start) rendered under ``ind`` and under ``vision``; it reports how muc
 pixels change, relative to how much it varies across IND states, and V's correlation with the background colour.
 
     python benchmarks/ood_langreach.py --quick                     # minutes: 1 seed, tiny budget, runs/ood/
-    nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 3 4 --decisions 40960 --out benchmarks/results
+    nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 3 4 --factors --curve-every 8192 --out benchmarks/results
 
 One process, one torch thread (LangReach renders 16x16 images in NumPy: fast on CPU; ManiSkill's rgb observations
 with CPU rendering are far too slow for a multi-seed study on 2 cores).
@@ -398,9 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.n_steps = min(args.n_steps, 16)
     os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(
-        args.out, "ood_langreach" + ("_factors" if args.factors else "") + ("_quick" if args.quick else "")
-    )
+    out = os.path.join(args.out, "ood_langreach" + ("_quick" if args.quick else ""))
     categories = CATEGORIES + (tuple(FACTORS) if args.factors else ())
     command = " ".join(["python benchmarks/ood_langreach.py", *(sys.argv[1:] if argv is None else argv)])
     if args.report_only:
