@@ -265,6 +265,51 @@ def curve_table(curves: list[dict]) -> list[str]:
     return lines
 
 
+def ood_curve(curves: list[dict], algo: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(decisions, IND success, OOD mean)`` of one run's checkpoints, in training order."""
+    mine = [r for r in curves if (r["algo"], r["seed"]) == (algo, seed)]
+    grid = np.array(sorted({r["decisions"] for r in mine}))
+    rate = {(r["decisions"], r["category"]): r["success_rate"] for r in mine}
+    ind = np.array([rate[d, "ind"] for d in grid])
+    ood = np.array([np.mean([rate[d, c] for c in OOD]) for d in grid])
+    return grid, ind, ood
+
+
+def matched_ind(curves: list[dict], reference: str = "StepNFT", other: str = "FlowPPO") -> list[dict]:
+    """Per seed: ``reference``'s final IND success and OOD mean, and ``other``'s OOD mean at that IND success (linear
+    interpolation between the two checkpoints where ``other``'s IND curve first crosses it; NaN if it never does)."""
+    out = []
+    for seed in sorted({r["seed"] for r in curves if r["algo"] == reference}):
+        _, ref_ind, ref_ood = ood_curve(curves, reference, seed)
+        _, ind, ood = ood_curve(curves, other, seed)
+        target, value = ref_ind[-1], float("nan")
+        for k in range(len(ind) - 1):
+            low, high = sorted((ind[k], ind[k + 1]))
+            if low <= target <= high:
+                w = 0.0 if ind[k + 1] == ind[k] else (target - ind[k]) / (ind[k + 1] - ind[k])
+                value = float(ood[k] + w * (ood[k + 1] - ood[k]))
+                break
+        out.append(dict(seed=seed, ind=float(target), reference_ood=float(ref_ood[-1]), other_ood=value))
+    return out
+
+
+def matched_table(curves: list[dict]) -> list[str]:
+    matched = matched_ind(curves)
+    if not matched:
+        return []
+    lines = ["| seed | StepNFT final IND | StepNFT OOD mean | FlowPPO OOD mean at that IND |", "|---" * 4 + "|"]
+    for m in matched:
+        other = "not crossed" if np.isnan(m["other_ood"]) else f"{m['other_ood']:.3f}"
+        lines.append(f"| {m['seed']} | {m['ind']:.3f} | {m['reference_ood']:.3f} | {other} |")
+    both = [m for m in matched if not np.isnan(m["other_ood"])]
+    if both:
+        lines.append(
+            f"| mean ({len(both)} seeds crossed) | {np.mean([m['ind'] for m in both]):.3f} | "
+            f"{pm([m['reference_ood'] for m in both])} | {pm([m['other_ood'] for m in both])} |"
+        )
+    return lines
+
+
 def plot(curves: list[dict], out: str) -> None:
     """``out.png``: OOD mean against IND success along training (one line per algorithm and seed; the paper's claim
     is a curve above the other at the same IND success), and IND / OOD mean against decisions (mean over seeds)."""
@@ -368,6 +413,11 @@ def report(rows: list[dict], probes: list[dict], args, command: str, curves: lis
             "",
         ]
         lines += curve_table(curves)
+        lines += [
+            "",
+            "At equal IND success (FlowPPO's OOD mean interpolated along its checkpoints at StepNFT's final IND):",
+        ]
+        lines += [""] + matched_table(curves)
     lines += ["", f"Wall time: SFT {np.mean([r['train_time'] for r in rows if r['algo'] == 'SFT']):.0f} s, "
               + ", ".join(f"{a} {np.mean([r['train_time'] for r in rows if r['algo'] == a]):.0f} s"
                           for a in ALGOS if any(r["algo"] == a for r in rows)) + " of training per seed."]  # fmt: skip

@@ -64,3 +64,25 @@ def test_single_factor_splits_change_one_factor(ood):
         kwargs = ood.env_kwargs(name)
         assert kwargs[key] == OOD_VARIATIONS[category][key] != ind[key]
         assert {k for k in kwargs if k != "tokenizer" and kwargs[k] != ind[k]} == {key}
+
+
+def test_matched_ind_interpolates_the_other_curve(ood):
+    curves = []
+
+    def add(algo, seed, decisions, ind, ood_rate):
+        for category in ood.CATEGORIES:
+            rate = ind if category == "ind" else ood_rate
+            curves.append(dict(algo=algo, seed=seed, category=category, success_rate=rate, decisions=decisions))
+
+    for decisions, ind, rate in [(0, 0.4, 0.2), (8, 0.6, 0.3)]:
+        add("StepNFT", 0, decisions, ind, rate)
+        add("StepNFT", 1, decisions, ind + 0.35, rate)  # final IND 0.95: never reached by FlowPPO
+    for seed in (0, 1):
+        for decisions, ind, rate in [(0, 0.4, 0.2), (8, 0.5, 0.25), (16, 0.7, 0.45)]:
+            add("FlowPPO", seed, decisions, ind, rate)
+    first, second = ood.matched_ind(curves)
+    assert first["ind"] == pytest.approx(0.6) and first["reference_ood"] == pytest.approx(0.3)
+    assert first["other_ood"] == pytest.approx(0.35)  # halfway between 0.25 (IND 0.5) and 0.45 (IND 0.7)
+    assert np.isnan(second["other_ood"])
+    lines = ood.matched_table(curves)
+    assert "| 1 | 0.950 | 0.300 | not crossed |" in lines and lines[-1].startswith("| mean (1 seeds crossed) | 0.600 |")
