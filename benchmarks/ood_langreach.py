@@ -11,9 +11,12 @@ budget), and are evaluated with ``evaluate_success(deterministic=False)`` on ``-
 shades) and ``execution`` (starts in the annulus 0.25 <= max(|x|, |y|) <= 0.4). Evaluation seeds start at 20_000
 (never used for anything else; nothing was tuned). The SFT policy is evaluated too (the baseline row).
 
-Probe (``--probe``, default on): FlowPPO's value head on the same 200 start states (same seeds: same target,
+Probe (on unless ``--no-probe``): FlowPPO's value head on the same 200 start states (same seeds: same target,
 phrasing, start) rendered under ``ind`` and under ``vision``; it reports how much V moves when only the nuisance
-pixels change, relative to how much it varies across IND states, and V's correlation with the background colour.
+pixels change, relative to how much it varies across IND states, and the share of V's variance over IND states that
+the background colour explains. ``--factors``: also the single-factor splits (:data:`FACTORS`); ``--curve-every N``:
+every category evaluated every N decisions during training (the OOD-vs-IND curves, the equal-IND comparison);
+``--report-only``: rewrite the .md from the CSVs.
 
     python benchmarks/ood_langreach.py --quick                     # minutes: 1 seed, tiny budget, runs/ood/
     nice -n 5 python benchmarks/ood_langreach.py --seeds 0 1 2 3 4 --factors --curve-every 8192 --out benchmarks/results
