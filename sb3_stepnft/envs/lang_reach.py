@@ -38,6 +38,55 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("go to the {} target",)
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'!?-"
 AGENT_COLOR = (255, 255, 255)
 WALL_COLOR = (70, 70, 70)
+BACKGROUND_COLOR = (0, 0, 0)
+DEFAULT_START_RANGE: tuple[float, float] = (0.0, 0.2)
+
+#: Variations for out-of-distribution studies (benchmarks/ood_langreach.py, docs/stepnft.md "OOD generalisation"):
+#: ``LangReachEnv`` keyword arguments of the in-distribution training variations (``"ind"``) and of three held-out
+#: categories, the paper's (Table 2) vision, semantics and execution. Each held-out category changes only its own
+#: factors and keeps the others at their ``"ind"`` values (:func:`ood_env_kwargs`). Every instruction fits in 23
+#: bytes (ByT5 with ``max_length=24`` truncates nothing).
+OOD_VARIATIONS: dict[str, dict[str, Any]] = {
+    "ind": dict(
+        background_colors=((0, 0, 0), (25, 25, 60), (55, 35, 20)),
+        image_noise_std=0.0,
+        target_shades={"red": ((230, 40, 40), (250, 80, 70)), "green": ((40, 200, 60), (20, 160, 40)),
+                       "blue": ((50, 90, 250), (80, 130, 255)), "yellow": ((240, 220, 40), (250, 240, 100))},
+        instruction_templates=("go to the {} target", "reach the {} target", "move to the {} goal"),
+        start_range=(0.0, 0.2),
+    ),
+    "vision": dict(  # unseen backgrounds and pixel noise
+        background_colors=((20, 70, 40), (70, 20, 70), (100, 100, 100)),
+        image_noise_std=12.0,
+    ),
+    "semantics": dict(  # unseen phrasings (synonyms) and unseen target shades; the same colour names
+        instruction_templates=("move to the {} one", "find the {} target", "get to the {} disc"),
+        target_shades={"red": ((180, 0, 90),), "green": ((120, 220, 0),), "blue": ((0, 60, 150),),
+                       "yellow": ((200, 170, 0),)},
+    ),
+    "execution": dict(start_range=(0.25, 0.4)),  # starts outside the training square [-0.2, 0.2]²
+}  # fmt: skip
+
+
+def ood_env_kwargs(category: str) -> dict[str, Any]:
+    """``LangReachEnv`` keyword arguments of one :data:`OOD_VARIATIONS` category: the ``"ind"`` ones, with the
+    category's own factors replaced."""
+    if category not in OOD_VARIATIONS:
+        raise ValueError(f"Unknown OOD category {category!r}: choose one of {list(OOD_VARIATIONS)}")
+    return {**OOD_VARIATIONS["ind"], **OOD_VARIATIONS[category]}
+
+
+def _rgb(value: Any, what: str) -> tuple[int, int, int]:
+    color = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else ()
+    if len(color) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255 for c in color):
+        raise ValueError(f"{what} must be an RGB triple of integers in 0..255, got {value!r}")
+    return tuple(int(c) for c in color)  # type: ignore[return-value]
+
+
+def _colors(values: Any, what: str) -> tuple[tuple[int, int, int], ...]:
+    if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{what} must be a non-empty sequence of RGB triples such as ((0, 0, 0),), got {values!r}")
+    return tuple(_rgb(v, what) for v in values)
 
 
 def target_from_instruction(instruction: str) -> str:
@@ -54,8 +103,9 @@ class LangReachEnv(gym.Env):
 
     - Targets: ``red``, ``green``, ``blue``, ``yellow`` at ``target_distance`` from the origin, at 0°, 90°, 180° and
       270° (fixed: the scene does not show which one is wanted). Each reset draws the target, then the instruction
-      template, then the start (uniform in [-0.2, 0.2]²) from the env's seeded RNG; ``options={"target": name}``
-      forces the target.
+      template, then the start (uniform in [-0.2, 0.2]² by default, see ``start_range``), then (only where there is
+      more than one to choose from) the background colour and each target's shade, from the env's seeded RNG;
+      ``options={"target": name}`` forces the target.
     - Observation (Dict): one uint8 channel-first image ``(3, image_size, image_size)`` per camera, and ``"state"``:
       ``(x, y, last_action_x, last_action_y)`` (float32, the previous action is zero after a reset). A camera whose
       name contains ``"wrist"`` renders a view centred on the point (half-width ``wrist_view``); any other camera
@@ -76,7 +126,17 @@ class LangReachEnv(gym.Env):
     :param instruction_templates: Format strings with one ``{}`` for the colour; one is drawn per episode.
     :param instruction_in_observation: Also put the instruction in the observation as a ``Text`` key
         ``"instruction"`` (SB3 cannot vectorise it: use :class:`~sb3_stepnft.wrappers.TokenizeInstruction`).
+    :param background_colors: RGB colours of the arena's background; one is drawn per episode (default: black).
+    :param image_noise_std: Standard deviation (in 0..255 pixel units) of Gaussian noise added to every image
+        (clipped to 0..255, fresh each frame; default 0: none).
+    :param target_shades: ``{name: (RGB, ...)}``: the shades a target may have (one drawn per episode and target;
+        names missing keep their :data:`TARGET_COLORS` colour); default None: :data:`TARGET_COLORS`. Instructions
+        still name the colour (``"red"``).
+    :param start_range: ``(inner, outer)``: the start is uniform in the square annulus ``[-outer, outer]² \
+        (-inner, inner)²`` (default ``(0, 0.2)``: [-0.2, 0.2]²).
     :param seed: Seed of the first reset that is given none (later resets continue the RNG stream).
+
+    :data:`OOD_VARIATIONS` holds the in-distribution and held-out settings of the OOD study.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -92,6 +152,10 @@ class LangReachEnv(gym.Env):
         wrist_view: float = 0.4,
         instruction_templates: Sequence[str] = DEFAULT_TEMPLATES,
         instruction_in_observation: bool = False,
+        background_colors: Sequence[Sequence[int]] = (BACKGROUND_COLOR,),
+        image_noise_std: float = 0.0,
+        target_shades: Mapping[str, Sequence[Sequence[int]]] | None = None,
+        start_range: Sequence[float] = DEFAULT_START_RANGE,
         seed: int | None = None,
         render_mode: str | None = None,
     ):
@@ -108,6 +172,23 @@ class LangReachEnv(gym.Env):
         templates = tuple(instruction_templates)
         if not templates or any(t.count("{}") != 1 for t in templates):
             raise ValueError(f"instruction_templates must be format strings with exactly one '{{}}', got {templates!r}")
+        background_colors = _colors(background_colors, "background_colors")
+        if isinstance(image_noise_std, bool) or not np.isfinite(image_noise_std) or image_noise_std < 0:
+            raise ValueError(
+                f"image_noise_std must be a finite number >= 0 (pixel units, 0..255), got {image_noise_std!r}"
+            )
+        if target_shades is not None and not isinstance(target_shades, Mapping):
+            raise ValueError(f"target_shades must be None or a dict {{name: (RGB, ...)}}, got {target_shades!r}")
+        unknown = sorted(set(target_shades or {}) - set(TARGET_NAMES))
+        if unknown:
+            raise ValueError(f"target_shades has unknown target names {unknown}: use some of {TARGET_NAMES}")
+        shades = {name: (TARGET_COLORS[name],) for name in TARGET_NAMES}
+        shades.update(
+            {name: _colors(values, f"target_shades[{name!r}]") for name, values in (target_shades or {}).items()}
+        )
+        start = tuple(float(v) for v in start_range) if isinstance(start_range, Sequence) else ()
+        if len(start) != 2 or not 0.0 <= start[0] < start[1] <= 1.0:
+            raise ValueError(f"start_range must be (inner, outer) with 0 <= inner < outer <= 1, got {start_range!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.max_episode_steps = int(max_episode_steps)
@@ -119,10 +200,17 @@ class LangReachEnv(gym.Env):
         self.wrist_view = float(wrist_view)
         self.instruction_templates = templates
         self.instruction_in_observation = bool(instruction_in_observation)
+        self.background_colors = background_colors
+        self.image_noise_std = float(image_noise_std)
+        self.target_shades = shades
+        self.start_range = start
+        self.background_color = background_colors[0]
+        self.target_colors: dict[str, tuple[int, int, int]] = {name: values[0] for name, values in shades.items()}
         self.render_mode = render_mode
         self._initial_seed = seed
         self.targets: dict[str, np.ndarray] = {
-            name: self.target_distance * np.array([np.cos(angle), np.sin(angle)]) for name, angle in TARGET_ANGLES.items()
+            name: self.target_distance * np.array([np.cos(angle), np.sin(angle)])
+            for name, angle in TARGET_ANGLES.items()
         }
 
         image_space = spaces.Box(0, 255, shape=(3, self.image_size, self.image_size), dtype=np.uint8)
@@ -147,7 +235,8 @@ class LangReachEnv(gym.Env):
         xs = (center[0] + offsets)[None, :]  # columns: x increases to the right
         ys = (center[1] - offsets)[:, None]  # rows: y increases upwards
         pixel = 2.0 * half_width / size
-        image = np.zeros((size, size, 3), dtype=np.uint8)
+        image = np.empty((size, size, 3), dtype=np.uint8)
+        image[:] = self.background_color
         image[(np.abs(xs) > 1.0) | (np.abs(ys) > 1.0)] = WALL_COLOR
 
         def disc(position: np.ndarray, radius: float, color: tuple[int, int, int]) -> None:
@@ -159,9 +248,15 @@ class LangReachEnv(gym.Env):
             image[inside] = color
 
         for name, position in self.targets.items():
-            disc(position, max(self.goal_radius, 0.75 * pixel), TARGET_COLORS[name])
+            disc(position, max(self.goal_radius, 0.75 * pixel), self.target_colors[name])
         disc(self._position, 0.75 * pixel, AGENT_COLOR)
         return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+    def _noisy(self, image: np.ndarray) -> np.ndarray:
+        if self.image_noise_std == 0.0:
+            return image
+        noise = self.np_random.normal(0.0, self.image_noise_std, size=image.shape)
+        return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
 
     def _image(self, camera: str) -> np.ndarray:
         if "wrist" in camera.lower():
@@ -176,7 +271,7 @@ class LangReachEnv(gym.Env):
 
     # ------------------------------------------------------------------------------------------------ gym API
     def _obs(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {camera: self._image(camera) for camera in self.cameras}
+        obs: dict[str, Any] = {camera: self._noisy(self._image(camera)) for camera in self.cameras}
         obs["state"] = np.concatenate([self._position, self._last_action]).astype(np.float32)
         if self.instruction_in_observation:
             obs["instruction"] = self.instruction
@@ -195,7 +290,15 @@ class LangReachEnv(gym.Env):
         super().reset(seed=seed)
         index = int(self.np_random.integers(len(TARGET_NAMES)))
         template = self.instruction_templates[int(self.np_random.integers(len(self.instruction_templates)))]
-        self._position = self.np_random.uniform(-0.2, 0.2, size=2)
+        inner, outer = self.start_range
+        self._position = self.np_random.uniform(-outer, outer, size=2)
+        while np.abs(self._position).max() < inner:  # rejection: uniform on the square annulus
+            self._position = self.np_random.uniform(-outer, outer, size=2)
+        if len(self.background_colors) > 1:  # no draw by default: the default RNG stream is unchanged
+            self.background_color = self.background_colors[int(self.np_random.integers(len(self.background_colors)))]
+        for name, shades in self.target_shades.items():
+            if len(shades) > 1:
+                self.target_colors[name] = shades[int(self.np_random.integers(len(shades)))]
         target = TARGET_NAMES[index]
         if options and options.get("target") is not None:
             if options["target"] not in TARGET_NAMES:
