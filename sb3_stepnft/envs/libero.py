@@ -179,7 +179,8 @@ def _known(env, name: str) -> str:
 def relevant_objects(env) -> list[str]:
     """The objects and fixtures of a LIBERO (BDDL) env's ``obj_of_interest``, in the BDDL's order: a region
     (e.g. ``wooden_cabinet_1_middle_region``, ``basket_1_contain_region``) stands for the object or fixture whose
-    name it starts with; duplicates are dropped.
+    name it starts with; regions of the table itself (fixed, e.g. ``main_table_stove_front_region``) are skipped;
+    duplicates are dropped.
 
     :param env: LIBERO's BDDL env (``LiberoEnv(...).libero_env``).
     """
@@ -189,10 +190,13 @@ def relevant_objects(env) -> list[str]:
         if owner is None:
             owners = [name for name in env.obj_body_id if item.startswith(name + "_")]
             owner = max(owners, key=len) if owners else None
-        if owner is None:
-            raise ValueError(f"The BDDL object of interest {item!r} belongs to no object of the scene")
-        if owner not in names:
+        if owner is not None and owner not in names:  # a region of the table itself (fixed) has no pose to report
             names.append(owner)
+    if not names:
+        raise ValueError(
+            f"The task's objects of interest {env.obj_of_interest} are regions of the table only: pass object names, "
+            f"object_state=[...] from {sorted(env.obj_body_id)}"
+        )
     return names
 
 

@@ -216,6 +216,7 @@ def run_demonstrator(
     imperfect_fraction: float = 0.0,
     grasp_offset: float = 0.03,
     imperfect_noise: float = 0.3,
+    execution_noise: float = 0.0,
     seed: int = 0,
     max_steps: int | None = None,
     record: bool = True,
@@ -227,6 +228,9 @@ def run_demonstrator(
     :param noise: Action noise of perfect episodes.
     :param imperfect_fraction: Fraction of episodes (chosen at random) that grasp off-centre by ``grasp_offset`` with
         ``imperfect_noise`` action noise.
+    :param execution_noise: Std of Gaussian noise added to the executed position actions of perfect episodes while
+        the demonstrator's own action is recorded (DART-style: the demonstrations visit states off the clean path,
+        labelled with the corrections back to it).
     :param seed: Seeds the choice of imperfect episodes, their offsets and the noise.
     :param max_steps: Episode limit (default: the env's ``max_episode_steps``, the suite's protocol limit).
     :param record: Build :class:`~sb3_stepnft.sft.Demonstrations` (False: success statistics only).
@@ -254,6 +258,9 @@ def run_demonstrator(
                 observations.append(obs)
                 actions.append(action.astype(np.float32))
                 starts.append(step == 0)
+            if execution_noise and not bad:
+                action = action.copy()
+                action[:3] = np.clip(action[:3] + rng.normal(0.0, execution_noise, 3), -1.0, 1.0)
             obs, _, terminated, _, info = env.step(action)
             if terminated:
                 success = bool(info["is_success"])
@@ -294,12 +301,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-states", default="0-19", help="e.g. 0-19 or 0,3,5")
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--imperfect-fraction", type=float, default=0.0)
+    parser.add_argument("--execution-noise", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--assets-path", default=None)
     args = parser.parse_args(argv)
     env = LiberoEnv(args.suite, args.task, camera_size=None, object_state=True, assets_path=args.assets_path)
     _, stats = run_demonstrator(
-        env, _parse_ids(args.init_states), args.noise, args.imperfect_fraction, seed=args.seed, record=False
+        env,
+        _parse_ids(args.init_states),
+        args.noise,
+        args.imperfect_fraction,
+        execution_noise=args.execution_noise,
+        seed=args.seed,
+        record=False,
     )
     env.close()
     print(json.dumps(stats))
