@@ -219,9 +219,9 @@ class LiberoEnv(gym.Env):
       π0/openpi LIBERO state), and with cameras ``agentview_image`` and ``wrist_image`` (``camera_size`` px, uint8
       HWC, rotated by 180° as in the OpenVLA/openpi protocol: LIBERO renders upside down). With ``object_state``,
       also ``object_state`` (float32, ``7 x len(object_state_names)``): for each object in ``object_state_names``, in
-      that order, its root body's world position (3) then quaternion (4, x y z w: robosuite's ``<obj>_pos`` and
-      ``<obj>_quat`` observables), read from MuJoCo (privileged state; with ``camera_size=None`` the physics-only
-      observation for state-based RL).
+      that order, its root body's world position (3) then quaternion (4, x y z w: the quantities of robosuite's
+      ``<obj>_pos`` and ``<obj>_quat`` observables), read from MuJoCo at the end of the step (privileged state; with
+      ``camera_size=None`` the physics-only observation for state-based RL).
     - Action: Box(-1, 1, (7,)): end-effector delta position and rotation, gripper (-1 open, +1 close).
     - Reset: LIBERO's reset, then one of the task's fixed initial states, then ``settle_steps`` no-op steps (not
       counted). Initial states are cycled through ``init_state_ids`` in order; a reset ``seed`` selects the position
