@@ -12,16 +12,17 @@ Physics only (no cameras): the observation is ``state`` (8: end-effector positio
    noisy execution, clean labels); flow ``MultiInputPolicy`` pretrained for 300 epochs at lr 1e-3 (the LangReach
    suite task's 200 epochs at 1e-3 left a larger training error here), observation normalisation from the
    demonstrations (frozen ``VecNormalize``). These SFT settings were chosen on the demonstrations' own fit and on
-   initial states 20-24 (5 episodes: 0/5 with pretrain's defaults, 10 demos or no execution noise; 1/5 with these).
+   initial states 20-24 (5 episodes; without execution noise 0/5 at pretrain's defaults and at 300 epochs / lr 1e-3,
+   with it 1/5).
 3. RL: each algorithm at its defaults (``n_steps`` 128, 8 envs; FlowGRPO's groups of 8) from the same pretrained
    weights, training resets cycling through initial states ``TRAIN_STATES`` (0-24).
 4. Evaluation: the LIBERO protocol (``evaluate_libero``: deterministic policy, 10 settle steps, the suite's step limit)
-   on initial states ``EVAL_STATES`` (25-49), which neither the demonstrations nor RL use; nothing was tuned on them
-   (no tuning at all: every setting is a default or written here before the first run).
+   on initial states ``EVAL_STATES`` (25-49), which neither the demonstrations nor RL use and nothing was tuned on
+   (the SFT settings of step 2 were chosen on states 20-24; no RL setting was tuned).
 
     python benchmarks/libero_state.py --demonstrator-only   # demonstrator success: libero_object 0-9, 3 goal tasks
-    python benchmarks/libero_state.py --quick               # StepNFT, 1 seed, 8,192 env steps (~10 min)
-    python benchmarks/libero_state.py --algos StepNFT FlowPPO --env-steps 32768 --out benchmarks/results
+    python benchmarks/libero_state.py --quick               # StepNFT, 1 seed, 8,192 env steps (~15 min)
+    python benchmarks/libero_state.py --algos StepNFT FlowPPO FlowGRPO --env-steps 16384 --out benchmarks/results  # 41 min
 
 Scene visuals missing from the offline asset bundle are placeholders here (scripts/libero_placeholder_assets.py);
 nothing is rendered, collision geometry is complete, so physics and success are exact. Writes <name>.md and <name>.csv
