@@ -2,6 +2,8 @@
 
     python -m sb3_stepnft.envs.libero_demos --suite libero_object --task 0 --init-states 0-19   # success rate
 
+(with the offline asset bundle only, add ``--assets-path DEST/assets`` built by ``scripts/libero_placeholder_assets.py``)
+
 No LIBERO demonstrations exist offline (the datasets are hub-only), so this module writes its own. The demonstrator
 reads the poses and extents of the task's objects from MuJoCo (privileged state the policy does not need to share)
 and follows waypoints with OSC_POSE delta actions clipped to [-1, 1]:
@@ -152,7 +154,6 @@ class PickPlaceDemonstrator:
         if self.goal.relation == "in":  # into a container: release a little below its rim is fine, above is safe
             self.release[2] = max(self.release[2], t_low[2] + (grasp_z - low[2]) + 0.04)
         self.phase, self.count = 0, 0
-        self.start_yaw = None
 
     def _eef(self) -> tuple[np.ndarray, np.ndarray]:
         raw = self.env._last_raw
