@@ -153,13 +153,75 @@ def _quat2axisangle(quat: np.ndarray) -> np.ndarray:
     return quat[:3] * 2.0 * np.arccos(quat[3]) / den
 
 
+# ------------------------------------------------------------------------------------------------ object state
+#: Floats per object in ``object_state``: position (3) and quaternion (4, x y z w).
+OBJECT_POSE_SIZE = 7
+
+
+def _check_object_state_option(object_state) -> None:
+    if isinstance(object_state, bool):
+        return
+    if isinstance(object_state, str) or not isinstance(object_state, Sequence) or not object_state:
+        raise ValueError(
+            f"object_state must be True, False or a non-empty sequence of object names, got {object_state!r} (a single "
+            "name goes in a list: object_state=['basket_1'])"
+        )
+    if not all(isinstance(name, str) for name in object_state):
+        raise ValueError(f"object_state names must be strings, got {object_state!r}")
+
+
+def _known(env, name: str) -> str:
+    if name not in env.obj_body_id:
+        raise ValueError(f"Unknown object {name!r} in this LIBERO scene: use one of {sorted(env.obj_body_id)}")
+    return name
+
+
+def relevant_objects(env) -> list[str]:
+    """The objects and fixtures of a LIBERO (BDDL) env's ``obj_of_interest``, in the BDDL's order: a region
+    (e.g. ``wooden_cabinet_1_middle_region``, ``basket_1_contain_region``) stands for the object or fixture whose
+    name it starts with; regions of the table itself (fixed, e.g. ``main_table_stove_front_region``) are skipped;
+    duplicates are dropped.
+
+    :param env: LIBERO's BDDL env (``LiberoEnv(...).libero_env``).
+    """
+    names: list[str] = []
+    for item in env.obj_of_interest:
+        owner = item if item in env.obj_body_id else None
+        if owner is None:
+            owners = [name for name in env.obj_body_id if item.startswith(name + "_")]
+            owner = max(owners, key=len) if owners else None
+        if owner is not None and owner not in names:  # a region of the table itself (fixed) has no pose to report
+            names.append(owner)
+    if not names:
+        raise ValueError(
+            f"The task's objects of interest {env.obj_of_interest} are regions of the table only: pass object names, "
+            f"object_state=[...] from {sorted(env.obj_body_id)}"
+        )
+    return names
+
+
+def _object_state_names(env, object_state: bool | Sequence[str]) -> list[str]:
+    if object_state is False:
+        return []
+    if object_state is True:
+        return relevant_objects(env)
+    names = [_known(env, name) for name in object_state]
+    if len(set(names)) != len(names):
+        raise ValueError(f"object_state names must be distinct, got {names}")
+    return names
+
+
 # --------------------------------------------------------------------------------------------------------- the env
 class LiberoEnv(gym.Env):
     """One LIBERO task as a gymnasium env (Panda, OSC_POSE delta control at 20 Hz).
 
     - Observation (Dict): ``state`` (8, float32: end-effector position, axis-angle, gripper joint positions: the
       π0/openpi LIBERO state), and with cameras ``agentview_image`` and ``wrist_image`` (``camera_size`` px, uint8
-      HWC, rotated by 180° as in the OpenVLA/openpi protocol: LIBERO renders upside down).
+      HWC, rotated by 180° as in the OpenVLA/openpi protocol: LIBERO renders upside down). With ``object_state``,
+      also ``object_state`` (float32, ``7 x len(object_state_names)``): for each object in ``object_state_names``, in
+      that order, its root body's world position (3) then quaternion (4, x y z w: the quantities of robosuite's
+      ``<obj>_pos`` and ``<obj>_quat`` observables), read from MuJoCo at the end of the step (privileged state; with
+      ``camera_size=None`` the physics-only observation for state-based RL).
     - Action: Box(-1, 1, (7,)): end-effector delta position and rotation, gripper (-1 open, +1 close).
     - Reset: LIBERO's reset, then one of the task's fixed initial states, then ``settle_steps`` no-op steps (not
       counted). Initial states are cycled through ``init_state_ids`` in order; a reset ``seed`` selects the position
@@ -171,6 +233,9 @@ class LiberoEnv(gym.Env):
     :param task_id: Task index in the suite.
     :param camera_size: Image size of both cameras; None: no cameras and no renderer (physics only, ~10x faster).
     :param init_state_ids: Initial states to cycle through (default: all of the task's, usually 50).
+    :param object_state: False (default): no ``object_state`` key; True: the task's relevant objects
+        (:func:`relevant_objects`: the BDDL's objects of interest, a region standing for the object or fixture it
+        belongs to); or a sequence of object/fixture names of the scene.
     :param seed: Initial position in the cycle (as a reset seed).
     :param max_episode_steps: Default :data:`LIBERO_MAX_STEPS` of the suite.
     :param settle_steps: No-op steps after setting the initial state.
@@ -192,8 +257,10 @@ class LiberoEnv(gym.Env):
         assets_path: str | os.PathLike | None = None,
         render_mode: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        object_state: bool | Sequence[str] = False,
     ):
         super().__init__()
+        _check_object_state_option(object_state)
         if suite not in LIBERO_SUITES:
             raise ValueError(f"Unknown LIBERO suite {suite!r}: use one of {LIBERO_SUITES}")
         libero = import_libero(assets_path)
@@ -228,6 +295,11 @@ class LiberoEnv(gym.Env):
                 raise _missing_asset_error(error, self._assets) from error
             raise
         obs_spaces: dict[str, spaces.Space] = {"state": spaces.Box(-np.inf, np.inf, (8,), np.float32)}
+        self.object_state_names: list[str] = _object_state_names(self._env.env, object_state)
+        self._object_body_ids = [self._env.env.obj_body_id[name] for name in self.object_state_names]
+        if self.object_state_names:
+            size = OBJECT_POSE_SIZE * len(self.object_state_names)
+            obs_spaces["object_state"] = spaces.Box(-np.inf, np.inf, (size,), np.float32)
         if camera_size is not None:
             image = spaces.Box(0, 255, (int(camera_size), int(camera_size), 3), np.uint8)
             obs_spaces.update(agentview_image=image, wrist_image=image)
@@ -242,6 +314,8 @@ class LiberoEnv(gym.Env):
         self._last_raw = raw
         state = np.concatenate([raw["robot0_eef_pos"], _quat2axisangle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]])
         obs = {"state": state.astype(np.float32)}
+        if self.object_state_names:
+            obs["object_state"] = self.object_poses().reshape(-1)
         if self.camera_size is not None:
             obs["agentview_image"] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
             obs["wrist_image"] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
@@ -280,9 +354,25 @@ class LiberoEnv(gym.Env):
         truncated = not success and self._steps >= self.max_episode_steps
         return self._obs(raw), float(reward), success, truncated, self._info(success)
 
+    def object_poses(self, names: Sequence[str] | None = None) -> np.ndarray:
+        """``(len(names), 7)`` float32 world poses (position, x y z w quaternion) of the root bodies of ``names``
+        (default: :attr:`object_state_names`), read from MuJoCo now."""
+        env = self._env.env
+        ids = self._object_body_ids if names is None else [env.obj_body_id[_known(env, n)] for n in names]
+        data = self._env.sim.data
+        xquat = np.asarray(data.body_xquat)[ids]  # w x y z
+        poses = np.concatenate([np.asarray(data.body_xpos)[ids], xquat[:, [1, 2, 3, 0]]], axis=1)
+        return poses.astype(np.float32).reshape(len(ids), OBJECT_POSE_SIZE)
+
     def check_success(self) -> bool:
         """LIBERO's BDDL goal check on the current state."""
         return bool(self._env.check_success())
+
+    @property
+    def libero_env(self):
+        """LIBERO's BDDL env (robosuite ``ManipulationEnv``: ``obj_of_interest``, ``obj_body_id``,
+        ``parsed_problem``)."""
+        return self._env.env
 
     @property
     def sim(self):
@@ -312,6 +402,7 @@ def make_libero_env(
     assets_path: str | os.PathLike | None = None,
     render_mode: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    object_state: bool | Sequence[str] = False,
 ) -> gym.Env:
     """A LIBERO task as a gymnasium env (:class:`LiberoEnv`), in ``ActionChunk`` when ``chunk_size > 1``.
 
@@ -323,7 +414,7 @@ def make_libero_env(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     env: gym.Env = LiberoEnv(
         suite, task_id, camera_size, init_state_ids, seed, max_episode_steps, settle_steps, assets_path, render_mode,
-        env_kwargs,
+        env_kwargs, object_state,
     )  # fmt: skip
     if chunk_size > 1:
         env = ActionChunk(env, int(chunk_size))
@@ -350,6 +441,7 @@ def evaluate_libero(
     assets_path: str | os.PathLike | None = None,
     env_kwargs: dict[str, Any] | None = None,
     verbose: int = 0,
+    object_state: bool | Sequence[str] = False,
 ) -> dict[str, Any]:
     """LIBERO's standard evaluation protocol: every task of the suite, the fixed initial states in order, ``settle_steps``
     no-op steps after each reset, at most ``max_steps`` env steps per episode (:data:`LIBERO_MAX_STEPS` of the suite),
@@ -376,6 +468,7 @@ def evaluate_libero(
     :param assets_path: LIBERO assets folder.
     :param env_kwargs: Further keyword arguments of :class:`LiberoEnv`'s LIBERO env.
     :param verbose: 1 prints one line per task.
+    :param object_state: :class:`LiberoEnv`'s ``object_state`` (for policies trained on the privileged state).
     :return: ``dict(suite, success_rate, episodes, max_steps, settle_steps, tasks=[dict(task_id, name, instruction,
         success_rate, successes, lengths), ...])``; ``success_rate`` is over all episodes (equal per task); ``lengths``
         are env steps.
@@ -393,7 +486,7 @@ def evaluate_libero(
     for task_id in tasks:
         env = make_libero_env(
             suite, task_id, camera_size, chunk_size, init_state_ids=init_states, max_episode_steps=max_steps,
-            settle_steps=settle_steps, assets_path=assets_path, env_kwargs=env_kwargs,
+            settle_steps=settle_steps, assets_path=assets_path, env_kwargs=env_kwargs, object_state=object_state,
         )  # fmt: skip
         inner: LiberoEnv = env.unwrapped  # type: ignore[assignment]
         vec_env = DummyVecEnv([lambda env=env: Monitor(env)])

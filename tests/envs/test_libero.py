@@ -4,15 +4,12 @@ These tests prove the adapter and the protocol, not LIBERO learning: no LIBERO d
 
 PLACEHOLDER ASSETS: the offline asset bundle (../shared/data, LIBERO commit 8f1084e) lacks 30 large visual files
 (background meshes, the black-bowl and basket visuals, some 4K textures), and every LIBERO scene references at least one
-of them. The fixture below builds a test-only copy of the assets (symlinks) in which those 30 files are placeholders:
-a 4 cm box mesh (.msh/.obj), a grey 64x64 texture (.png) or an empty .zip. Collision geometry is untouched, so physics
-and success checks are exact; images show boxes where those objects should be. The installed assets are not modified.
+of them. The fixture below builds a test-only copy of the assets (symlinks) in which those 30 files are placeholders
+(scripts/libero_placeholder_assets.py): a 4 cm box mesh (.msh/.obj), a grey 64x64 texture (.png) or an empty .zip.
+Collision geometry is untouched, so physics and success checks are exact; images show boxes where those objects should
+be. The installed assets are not modified.
 """
 
-import os
-import shutil
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,54 +22,19 @@ if __import__("importlib").util.find_spec("libero") is None:
     pytest.skip("needs LIBERO (bash scripts/install_sim.sh venv)", allow_module_level=True)
 
 from sb3_stepnft.envs.libero import (  # noqa: E402
-    BUNDLE_MARKER,
     LIBERO_MAX_STEPS,
+    OBJECT_POSE_SIZE,
     LiberoEnv,
     bundle_missing_files,
     evaluate_libero,
     make_libero_env,
+    relevant_objects,
     resolve_libero_assets,
 )
 from sb3_stepnft.wrappers import ActionChunk  # noqa: E402
 from tests.helpers import load_script  # noqa: E402
 
 SUITE, TASK = "libero_goal", 0  # "open the middle drawer of the cabinet"
-
-
-def _box() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    half = 0.02
-    vertices = np.array([[x, y, z] for x in (-half, half) for y in (-half, half) for z in (-half, half)], np.float32)
-    faces = np.array(
-        [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4],
-         [1, 5, 7], [1, 7, 3]], np.int32,
-    )  # fmt: skip
-    texcoords = np.array([[i % 2, (i // 2) % 2] for i in range(8)], np.float32)
-    return vertices, faces, texcoords
-
-
-def write_placeholder(path: Path) -> None:
-    """A stand-in for a missing visual asset (test set-ups only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vertices, faces, texcoords = _box()
-    if path.suffix == ".msh":  # MuJoCo's binary mesh: counts, then vertices, (no normals), texcoords, faces
-        path.write_bytes(
-            struct.pack("4i", len(vertices), 0, len(texcoords), len(faces))
-            + vertices.tobytes()
-            + texcoords.tobytes()
-            + faces.tobytes()
-        )
-    elif path.suffix == ".obj":
-        lines = [f"v {x} {y} {z}" for x, y, z in vertices] + [f"vt {u} {v}" for u, v in texcoords]
-        lines += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
-        path.write_text("\n".join(lines) + "\n")
-    elif path.suffix == ".png":
-        from PIL import Image
-
-        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
-    elif path.suffix == ".zip":
-        zipfile.ZipFile(path, "w").close()
-    else:
-        raise ValueError(f"no placeholder for {path}")
 
 
 @pytest.fixture(scope="session")
@@ -91,16 +53,7 @@ def installed_assets(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def libero_assets(installed_assets, tmp_path_factory) -> str:
     """The installed LIBERO assets, with the bundle's missing visuals as placeholders in a test-only symlink copy."""
-    source = installed_assets
-    missing = bundle_missing_files(source)
-    if not missing:
-        return str(source)  # LIBERO's own complete assets: nothing to fill
-    overlay = tmp_path_factory.mktemp("libero") / "assets"
-    shutil.copytree(source, overlay, symlinks=False, copy_function=os.symlink)  # real folders, symlinked files
-    for relative in missing:
-        write_placeholder(overlay / relative)
-    (overlay / BUNDLE_MARKER).unlink()
-    (overlay / BUNDLE_MARKER).write_text("".join(f"{m}\n" for m in missing))  # still a bundle, now complete
+    overlay = load_script("libero_placeholder_assets").placeholder_assets(tmp_path_factory.mktemp("libero"), installed_assets)
     assert not bundle_missing_files(overlay)
     return str(overlay)
 
@@ -222,3 +175,64 @@ def test_missing_bundle_visuals_give_an_error_naming_the_fix(installed_assets):
         pytest.skip("LIBERO's complete assets are installed")
     with pytest.raises(FileNotFoundError, match="complete assets"):
         LiberoEnv(SUITE, TASK, camera_size=None, assets_path=source)
+
+
+# --------------------------------------------------------------------------- privileged state, demonstrator, training
+def test_object_state_layout_and_errors(libero_assets):
+    env = LiberoEnv("libero_object", 0, camera_size=None, object_state=True, settle_steps=2, assets_path=libero_assets)
+    assert env.object_state_names == ["alphabet_soup_1", "basket_1"]  # the BDDL's objects of interest, in order
+    assert env.observation_space["object_state"].shape == (2 * OBJECT_POSE_SIZE,)
+    obs, _ = env.reset(options={"init_state_id": 0})
+    assert env.observation_space.contains(obs) and obs["object_state"].dtype == np.float32
+    # object by object: position, then x y z w quaternion of the root body, read from MuJoCo now; robosuite's own
+    # observables hold the same values sampled a few physics substeps earlier in the control step
+    raw, data, ids = env._last_raw, env.sim.data, env.libero_env.obj_body_id
+    for k, name in enumerate(env.object_state_names):
+        pose = obs["object_state"][k * OBJECT_POSE_SIZE : (k + 1) * OBJECT_POSE_SIZE]
+        assert np.allclose(pose[:3], data.body_xpos[ids[name]], atol=1e-6)
+        assert np.allclose(pose[3:], data.body_xquat[ids[name]][[1, 2, 3, 0]], atol=1e-6)
+        assert np.allclose(pose[:3], raw[f"{name}_pos"], atol=1e-3) and np.allclose(pose[3:], raw[f"{name}_quat"], atol=1e-3)
+    assert np.allclose(env.object_poses(["basket_1"])[0], obs["object_state"][7:], atol=1e-6)
+    env.close()
+    plain = LiberoEnv(SUITE, TASK, camera_size=None, settle_steps=0, assets_path=libero_assets)
+    assert set(plain.observation_space.spaces) == {"state"}  # off by default
+    plain.close()
+    # libero_goal 0 ("open the middle drawer"): its object of interest is a region of the cabinet, a fixture
+    env = LiberoEnv(SUITE, TASK, camera_size=None, object_state=["wooden_cabinet_1", "plate_1"], assets_path=libero_assets)
+    assert env.object_state_names == ["wooden_cabinet_1", "plate_1"] and env.observation_space["object_state"].shape == (14,)
+    assert relevant_objects(env.libero_env) == ["wooden_cabinet_1"]
+    env.close()
+    for bad, match in (("basket_1", "sequence of object names"), (["nope_1"], "Unknown object 'nope_1'"), ([], "non-empty")):
+        with pytest.raises(ValueError, match=match):
+            LiberoEnv("libero_object", 0, camera_size=None, object_state=bad, assets_path=libero_assets)
+
+
+def test_demonstrator_succeeds_and_few_shot_sft_then_one_stepnft_iteration(libero_assets):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_stepnft import StepNFT
+    from sb3_stepnft.envs.libero_demos import pick_place_goal, run_demonstrator
+    from sb3_stepnft.envs.maniskill_demos import normalize_like_demos
+    from sb3_stepnft.sft import pretrain
+
+    env = LiberoEnv("libero_object", 0, camera_size=None, object_state=True, assets_path=libero_assets)
+    goal = pick_place_goal(env)
+    assert (goal.obj, goal.target, goal.relation) == ("alphabet_soup_1", "basket_1", "in")
+    demos, stats = run_demonstrator(env, [0, 1], imperfect_fraction=0.5, seed=1)
+    assert stats["imperfect"] == [False, True]  # seed 1: the second episode grasps off-centre
+    assert stats["successes"][0] and stats["lengths"][0] < env.max_episode_steps  # the clean episode reaches the goal
+    assert demos.n_episodes == 2 and len(demos) == sum(stats["lengths"])
+    assert demos.observations["object_state"].shape == (len(demos), 14) and demos.actions.shape == (len(demos), 7)
+    assert np.abs(demos.actions).max() <= 1.0
+    with pytest.raises(ValueError, match="only one \\(In obj region\\)"):
+        pick_place_goal(LiberoEnv(SUITE, TASK, camera_size=None, settle_steps=0, assets_path=libero_assets))
+    env.close()
+
+    kwargs = dict(suite="libero_object", task_id=0, camera_size=None, chunk_size=4, max_episode_steps=16, settle_steps=1,
+                  object_state=True, assets_path=libero_assets)  # fmt: skip
+    vec_env = normalize_like_demos(make_vec_env(make_libero_env, n_envs=2, seed=0, env_kwargs=kwargs), demos)
+    model = StepNFT("MultiInputPolicy", vec_env, n_steps=4, batch_size=8, n_epochs=1, seed=0)
+    pretrain(model, demos, epochs=2, seed=0)
+    model.learn(8)  # one iteration: 2 envs x 4 decisions x 4 env steps, episodes of 16 env steps end inside it
+    assert model.num_timesteps == 8 and model._n_updates > 0 and len(model.ep_info_buffer) == 2
+    vec_env.close()
