@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.suite import write_csv  # noqa: E402
+
 CATEGORIES = ("ind", "vision", "semantics", "execution")
 OOD = CATEGORIES[1:]
 #: ``--factors``: single-factor splits of the held-out categories (the ``"ind"`` variations with one key of the
@@ -78,9 +80,7 @@ def policy_spec() -> tuple:
     from sb3_stepnft.vla import FlowVLAPolicy
     from sb3_stepnft.vla.testing import tiny_paligemma_config
 
-    kwargs = dict(
-        vlm=tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400), expert="shared", expert_width=32
-    )
+    kwargs = dict(vlm=tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400), expert="shared", expert_width=32)
     return FlowVLAPolicy, kwargs
 
 
@@ -115,9 +115,7 @@ def evaluate_all(model, seed: int, n_eval: int, categories=CATEGORIES) -> dict[s
     out = {}
     for category in categories:
         env = make_env(category, N_EVAL_ENVS, EVAL_SEED + 1000 * seed)
-        out[category] = evaluate_success(model, env, n_eval_episodes=n_eval, seed=EVAL_SEED + 1000 * seed)[
-            "success_rate"
-        ]
+        out[category] = evaluate_success(model, env, n_eval_episodes=n_eval, seed=EVAL_SEED + 1000 * seed)["success_rate"]
         env.close()
     return out
 
@@ -245,9 +243,7 @@ def factor_table(rows: list[dict]) -> list[str]:
         return []
     lines = ["| policy | IND | " + " | ".join(factors) + " |", "|---" * (len(factors) + 2) + "|"]
     for algo in dict.fromkeys(r["algo"] for r in rows):
-        cells = [
-            pm([r["success_rate"] for r in rows if (r["algo"], r["category"]) == (algo, c)]) for c in ("ind", *factors)
-        ]
+        cells = [pm([r["success_rate"] for r in rows if (r["algo"], r["category"]) == (algo, c)]) for c in ("ind", *factors)]
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     return lines
 
@@ -336,9 +332,7 @@ def plot(curves: list[dict], out: str) -> None:
                 }
                 per[seed, c] = np.array([points[d] for d in grid])  # fmt: skip
             ood = np.mean([per[seed, c] for c in OOD], axis=0)
-            left.plot(
-                per[seed, "ind"], ood, "o-", color=color, alpha=0.6, ms=3, label=algo if seed == seeds[0] else None
-            )
+            left.plot(per[seed, "ind"], ood, "o-", color=color, alpha=0.6, ms=3, label=algo if seed == seeds[0] else None)
         ind = np.mean([per[s, "ind"] for s in seeds], axis=0)
         ood = np.mean([np.mean([per[s, c] for c in OOD], axis=0) for s in seeds], axis=0)
         right.plot(grid, ind, "-", color=color, label=f"{algo} IND")
@@ -366,22 +360,12 @@ def probe_table(probes: list[dict]) -> list[str]:
             "| " + " | ".join(pm([p[k] for p in probes]) for k in keys) + " |"]  # fmt: skip
 
 
-def write_csv(rows: list[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def read_csv(path: str) -> list[dict]:
     """Rows written by :func:`write_csv`, numbers converted back."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     text = ("algo", "category")
-    return [
-        {k: (v if k in text else int(v) if k in ("seed", "decisions") else float(v)) for k, v in r.items()}
-        for r in rows
-    ]
+    return [{k: (v if k in text else int(v) if k in ("seed", "decisions") else float(v)) for k, v in r.items()} for r in rows]
 
 
 def report(rows: list[dict], probes: list[dict], args, command: str, curves: list[dict] | None = None) -> str:
@@ -398,9 +382,7 @@ def report(rows: list[dict], probes: list[dict], args, command: str, curves: lis
     if factor_table(rows):
         lines += ["Single-factor splits (`--factors`: the IND variations with one factor of a held-out category):", ""]
         lines += factor_table(rows) + [""]
-    lines.append(
-        "Variations (`sb3_stepnft.envs.lang_reach.OOD_VARIATIONS`; held-out categories change only their keys):"
-    )
+    lines.append("Variations (`sb3_stepnft.envs.lang_reach.OOD_VARIATIONS`; held-out categories change only their keys):")
     lines.append("")
     for category, kwargs in OOD_VARIATIONS.items():
         lines.append(f"- `{category}`: " + "; ".join(f"{k}={v}" for k, v in kwargs.items()))

@@ -23,9 +23,7 @@ def test_one_tiny_seed_end_to_end(ood, monkeypatch, tmp_path):
     )
     assert [(r["algo"], r["category"]) for r in rows] == [(a, c) for a in ("SFT", *ood.ALGOS) for c in categories]
     # one rollout of 16 decisions: evaluated before it and at the end, on the four categories
-    assert [(r["algo"], r["decisions"]) for r in curves] == [
-        (a, d) for a in ood.ALGOS for d in (0, 16) for _ in range(4)
-    ]
+    assert [(r["algo"], r["decisions"]) for r in curves] == [(a, d) for a in ood.ALGOS for d in (0, 16) for _ in range(4)]
     assert all(0.0 <= r["success_rate"] <= 1.0 for r in rows)
     assert {r["decisions"] for r in rows if r["algo"] != "SFT"} == {ood.N_ENVS * 2}
     (probe,) = probes

@@ -174,18 +174,14 @@ class LangReachEnv(gym.Env):
             raise ValueError(f"instruction_templates must be format strings with exactly one '{{}}', got {templates!r}")
         background_colors = _colors(background_colors, "background_colors")
         if isinstance(image_noise_std, bool) or not np.isfinite(image_noise_std) or image_noise_std < 0:
-            raise ValueError(
-                f"image_noise_std must be a finite number >= 0 (pixel units, 0..255), got {image_noise_std!r}"
-            )
+            raise ValueError(f"image_noise_std must be a finite number >= 0 (pixel units, 0..255), got {image_noise_std!r}")
         if target_shades is not None and not isinstance(target_shades, Mapping):
             raise ValueError(f"target_shades must be None or a dict {{name: (RGB, ...)}}, got {target_shades!r}")
         unknown = sorted(set(target_shades or {}) - set(TARGET_NAMES))
         if unknown:
             raise ValueError(f"target_shades has unknown target names {unknown}: use some of {TARGET_NAMES}")
         shades = {name: (TARGET_COLORS[name],) for name in TARGET_NAMES}
-        shades.update(
-            {name: _colors(values, f"target_shades[{name!r}]") for name, values in (target_shades or {}).items()}
-        )
+        shades.update({name: _colors(values, f"target_shades[{name!r}]") for name, values in (target_shades or {}).items()})
         start = tuple(float(v) for v in start_range) if isinstance(start_range, Sequence) else ()
         if len(start) != 2 or not 0.0 <= start[0] < start[1] <= 1.0:
             raise ValueError(f"start_range must be (inner, outer) with 0 <= inner < outer <= 1, got {start_range!r}")
@@ -209,8 +205,7 @@ class LangReachEnv(gym.Env):
         self.render_mode = render_mode
         self._initial_seed = seed
         self.targets: dict[str, np.ndarray] = {
-            name: self.target_distance * np.array([np.cos(angle), np.sin(angle)])
-            for name, angle in TARGET_ANGLES.items()
+            name: self.target_distance * np.array([np.cos(angle), np.sin(angle)]) for name, angle in TARGET_ANGLES.items()
         }
 
         image_space = spaces.Box(0, 255, shape=(3, self.image_size, self.image_size), dtype=np.uint8)

@@ -61,9 +61,7 @@ def test_image_noise_changes_pixels_not_the_episode():
 def test_target_shades_recolour_the_target_only():
     _, plain, info = reset()
     env, shaded, info2 = reset(target_shades={"red": [(1, 2, 3)]})
-    assert (
-        info == info2 and env.target_colors["red"] == (1, 2, 3) and env.target_colors["blue"] == TARGET_COLORS["blue"]
-    )
+    assert info == info2 and env.target_colors["red"] == (1, 2, 3) and env.target_colors["blue"] == TARGET_COLORS["blue"]
     red = (plain["image"] == np.array(TARGET_COLORS["red"])[:, None, None]).all(axis=0)
     assert red.any()
     assert (shaded["image"][:, red] == np.array([1, 2, 3])[:, None]).all()
