@@ -230,7 +230,6 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         # the trainable part; the policy decides from its size per rollout (ALGORITHM.md §3.6, prefix_cache).
         self.policy.resolve_feature_cache(self.n_steps * self.n_envs)
         self._feature_memo: tuple[Any, Any] | None = None
-        self._rollout_encoder_frozen: bool | None = None  # set during collect_rollouts
         self._reset_episode_tracking()
         self._torch_rng_state = th.get_rng_state()  # filled from the checkpoint on load (exact resume)
         self.labeller = self._make_labeller()
@@ -311,7 +310,6 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
             "_next_episode_id_t",
             "_episode_steps",
             "_feature_memo",
-            "_rollout_encoder_frozen",
             "labeller",
             "_labelled_in_learn",
             "_iterations_without_label",
@@ -478,8 +476,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self._feature_memo is not None and self._feature_memo[0] is obs:
             return self._feature_memo[1]
         features = self.policy.encode(as_device_obs(obs, self.device))
-        frozen = self._rollout_encoder_frozen
-        self._feature_memo = (obs, features) if (self.policy.encoder_is_frozen if frozen is None else frozen) else None
+        self._feature_memo = (obs, features) if self.policy.encoder_is_frozen else None
         return features
 
     def _encode_batch(self, batch: FlowDecisions):
@@ -656,16 +653,6 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         With a tensor VecEnv (:func:`~sb3_stepnft.common.tensor_env.is_tensor_env`) every local stays a device tensor
         (``actions``, ``rewards``, ``dones``; ``infos`` is the env's dict of batched tensors) and nothing is copied to
         the host per step; episodes are turned into labels from one host copy at the end of the rollout."""
-        # Nothing trains during a rollout: whether the encoder is frozen is read once, not per step.
-        self._rollout_encoder_frozen = self.policy.encoder_is_frozen
-        try:
-            return self._collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        finally:
-            self._rollout_encoder_frozen = None
-
-    def _collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: DecisionBuffer, n_rollout_steps: int
-    ) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
         self.policy.set_training_mode(False)
         n_steps = 0
