@@ -32,11 +32,15 @@ differ by more than the larger of their stds over seeds; otherwise "not separate
     python benchmarks/ablations.py                                          # every group, point_reach and push_cube, 3 seeds
     python benchmarks/ablations.py --groups objective ema --tasks push_cube --out benchmarks/results
 
+Each finished run is appended to ``<out>/ablations_<tasks>[_only_<groups>].runs.jsonl``; a stopped command continues
+with the same arguments plus ``--resume`` (the tables are written when every run is in).
+
 ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
 """
 
 import argparse
 import inspect
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -235,28 +239,40 @@ def main(argv: list[str] | None = None) -> None:
     suite.add_run_arguments(parser, ["point_reach", "push_cube"], os.path.join("runs", "ablations"))
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     args = suite.parse_run_arguments(parser, argv)
-    command = " ".join(["python benchmarks/ablations.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(
+        ["python benchmarks/ablations.py", *(a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume")]
+    )
     configs = {config_of(GROUPS[g].variations[v]): GROUPS[g].variations[v] for g in args.groups for v in GROUPS[g].variations}
 
     contexts = {name: suite.TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
-    pretrain_jobs = [(suite.TASKS[name], seed, contexts[name]) for name in args.tasks for seed in args.seeds]
     keys = [(task_name, seed, config) for task_name in args.tasks for seed in args.seeds for config in configs]
+    jobs = []
+    for task_name, seed, config in keys:
+        task = suite.TASKS[task_name]
+        decisions, eval_every = suite.budget(task, args)
+        run = (task, "StepNFT", seed, decisions, eval_every, args.n_eval, args.n_steps, contexts[task_name], None)
+        jobs.append(dict(zip(suite.JOB_FIELDS, run), overrides=configs[config]))
+        jobs[-1]["key"] = suite.run_key(jobs[-1])
+    # every finished run is logged as it ends; --resume skips those (suite.RunLog)
+    log_name = "ablations" + ("_quick" if args.quick else "") + "_" + "_".join(args.tasks)
+    log_name += "" if args.groups == list(GROUPS) else "_only_" + "_".join(args.groups)
+    log = suite.RunLog(os.path.join(args.out, log_name + ".runs.jsonl"), args.resume)
+    pending = [job for job in jobs if job["key"] not in log.done]
+    pretrain_jobs = list({(j["task"].name, j["seed"]): (j["task"], j["seed"], j["context"]) for j in pending}.values())
     with mp.get_context("spawn").Pool(args.workers) as pool:
         states = pool.map(suite.pretrained_state, pretrain_jobs)
         states = {(task.name, seed): state for (task, seed, _), state in zip(pretrain_jobs, states)}
-        jobs = []
-        for task_name, seed, config in keys:
-            task = suite.TASKS[task_name]
-            decisions, eval_every = suite.budget(task, args)
-            run = (task, "StepNFT", seed, decisions, eval_every, args.n_eval, args.n_steps, contexts[task_name])
-            jobs.append(dict(zip(suite.JOB_FIELDS, (*run, states[task_name, seed])), overrides=configs[config]))
-        runs: dict[tuple, list[dict]] = {}
-        for key, rows in zip(keys, pool.imap(suite.run_one, jobs)):
-            runs[key] = rows
+        for job in pending:
+            job["state"] = states[job["task"].name, job["seed"]]
+        for n, (key, rows) in enumerate(pool.imap_unordered(suite.run_keyed, pending), 1):
+            log.add(key, rows)
+            fields = json.loads(key)
             print(
-                f"[{len(runs)}/{len(keys)}] {key[0]}, seed {key[1]}, {key[2]}: success {rows[-1]['success_rate']:.3f}",
+                f"[{n}/{len(pending)}] {fields['task']}, seed {fields['seed']}, {config_of(fields['overrides'])}: "
+                f"success {rows[-1]['success_rate']:.3f}",
                 flush=True,
             )
+    runs = {key: log.done[job["key"]] for key, job in zip(keys, jobs)}
 
     for task_name in args.tasks:
         rows = [

@@ -28,11 +28,15 @@ Reported: mean ± std over seeds of the success at step 0, at the end and the ga
     python benchmarks/suite.py --tasks point_reach --seeds 0 1 2 --out benchmarks/results   # rewrite tracked results
     python benchmarks/suite.py --tasks point_reach --algos StepNFT --update --out benchmarks/results   # rerun one algorithm
 
+Each finished run is appended to ``<out>/<name>.runs.jsonl`` and the table, csv and curves are rewritten after every
+run (marked *Partial* until all are in); a stopped command continues with the same arguments plus ``--resume``.
+
 ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
 """
 
 import argparse
 import csv
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -269,6 +273,49 @@ def run_one(job: dict) -> list[dict]:
     return rows
 
 
+def run_key(job: dict) -> str:
+    """What identifies a finished run in a :class:`RunLog`: task, algorithm, seed, budget, evaluation and overrides
+    (a run with other settings is not reused by ``--resume``)."""
+    fields = {k: job[k] for k in ("algo", "seed", "decisions", "eval_every", "n_eval", "n_steps")}
+    fields.update(task=job["task"].name, overrides=job.get("overrides", {}), eval_seed=job.get("eval_seed", EVAL_SEED))
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def run_keyed(job: dict) -> tuple[str, list[dict]]:
+    """:func:`run_one` for ``Pool.imap_unordered``: the run's key with its rows."""
+    return job["key"], run_one(job)
+
+
+class RunLog:
+    """The finished runs of a benchmark, one JSON line each, appended (and synced) as each run ends: a run of hours
+    that is stopped keeps what it finished, and ``--resume`` skips those runs. Without ``resume`` an earlier log at
+    ``path`` is replaced."""
+
+    def __init__(self, path: str, resume: bool):
+        self.path, self.done = path, {}
+        if not resume:
+            open(path, "w").close()
+            return
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # the last line of a killed writer
+                        continue
+                    self.done[entry["key"]] = entry["rows"]
+        with open(path, "w") as f:  # without a killed writer's partial line, which the next append would extend
+            f.writelines(json.dumps(dict(key=key, rows=rows)) + "\n" for key, rows in self.done.items())
+
+    def add(self, key: str, rows: list[dict]) -> None:
+        rows = [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]
+        with open(self.path, "a") as f:
+            f.write(json.dumps(dict(key=key, rows=rows)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[key] = rows
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def steps_to(curve_steps: np.ndarray, curve: np.ndarray, threshold: float) -> str:
     reached = np.nonzero(curve >= threshold)[0]
@@ -320,8 +367,14 @@ def table_cells(rows: list[dict], task: str, label: str, threshold: float, key: 
     )
 
 
-def report(rows: list[dict], args, command: str, out: str) -> str:
+def report(rows: list[dict], args, command: str, out: str, missing: list[str] = ()) -> str:
     lines = [f"Command: `{command}`", ""]
+    if missing:
+        lines += [
+            f"**Partial**: {len(missing)} run(s) not finished yet ({', '.join(missing)}); the same command with "
+            "`--resume` runs them.",
+            "",
+        ]
     lines.append(
         f"{N_ENVS} envs, n_steps={args.n_steps} for every algorithm, seeds {args.seeds}; success over {args.n_eval} "
         f"episodes with `evaluate_success(deterministic=False)` on evaluation seeds from {EVAL_SEED}. Flow algorithms "
@@ -387,6 +440,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, tasks: list[str], out: st
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 seed, small budgets: minutes on 2 cores")
     parser.add_argument("--out", default=out, help="folder (benchmarks/results: tracked)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the runs an earlier, stopped command finished (its <out>/<name>.runs.jsonl) and run the rest",
+    )
 
 
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -438,40 +496,57 @@ def main() -> None:
     args = parse_run_arguments(parser)
     name = "suite" + ("_quick" if args.quick else "") + ("" if args.tasks == list(TASKS) else "_" + "_".join(args.tasks))
     out = os.path.join(args.out, name)  # e.g. suite.md, suite_quick.md, suite_point_reach.md
-    command = " ".join(["python benchmarks/suite.py", *sys.argv[1:]])
+    command = " ".join(["python benchmarks/suite.py", *(a for a in sys.argv[1:] if a != "--resume")])
 
     contexts = {name: TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
-    jobs, pretrain_jobs = [], []
+    jobs = []
     for name in args.tasks:
         task = TASKS[name]
         decisions, eval_every = budget(task, args)
         for seed in args.seeds:
-            if any(a in FLOW for a in args.algos):
-                pretrain_jobs.append((task, seed, contexts[name]))
             for algo in args.algos:
                 if algo not in FLOW and not task.gaussian_references:
                     continue
                 values = (task, algo, seed, decisions, eval_every, args.n_eval, args.n_steps, contexts[name])
                 jobs.append(dict(zip(JOB_FIELDS, values)))
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
-        for job in jobs:
-            job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
-        rows = [row for result in pool.imap_unordered(run_one, jobs) for row in result]
+                jobs[-1]["key"] = run_key(jobs[-1])
+    log = RunLog(out + ".runs.jsonl", args.resume)
+    pending = [job for job in jobs if job["key"] not in log.done]
+    kept: list[dict] = []
     if args.update and os.path.exists(out + ".csv"):
         kept = [r for r in read_csv(out + ".csv") if r["algo"] not in args.algos]
         with open(out + ".md") as f:
             first = f.readline().strip()
         previous = first[len("Command: `") : -1] if first.startswith("Command: `") else "an earlier run"
         command = f"{previous}` (the other rows); the rows of {', '.join(args.algos)} by `{command}"
-        rows = kept + rows
-    algos = [a for a in ALGOS if any(r["algo"] == a for r in rows)]
-    order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in algos)}
-    rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
-    write_csv(rows, out + ".csv")
-    print(report(rows, args, command, out))
-    plot(rows, out)
-    print(f"wrote {out}.csv, {out}.md, {out}.png")
+
+    def publish() -> None:
+        """Table, csv and curves of every finished run (rewritten after each one)."""
+        rows = kept + [row for job in jobs if job["key"] in log.done for row in log.done[job["key"]]]
+        if not rows:
+            return
+        algos = [a for a in ALGOS if any(r["algo"] == a for r in rows)]
+        order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in algos)}
+        rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
+        write_csv(rows, out + ".csv")
+        missing = [f"{j['task'].name} {j['algo']} seed {j['seed']}" for j in jobs if j["key"] not in log.done]
+        print(report(rows, args, command, out, missing))
+        plot(rows, out)
+        print(f"wrote {out}.csv, {out}.md, {out}.png", flush=True)
+
+    pretrain_jobs = list({(j["task"].name, j["seed"]): (j["task"], j["seed"], j["context"])
+                          for j in pending if j["algo"] in FLOW}.values())  # fmt: skip
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
+        for job in pending:
+            job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
+        for n, (key, rows) in enumerate(pool.imap_unordered(run_keyed, pending), 1):
+            log.add(key, rows)
+            print(f"[{n}/{len(pending)}] {rows[0]['task']} {rows[0]['algo']} seed {rows[0]['seed']}: "
+                  f"success {rows[-1]['success_rate']:.3f}", flush=True)  # fmt: skip
+            publish()
+    if not pending:
+        publish()
 
 
 if __name__ == "__main__":

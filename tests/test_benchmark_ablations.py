@@ -42,6 +42,18 @@ def test_quick_path_writes_the_command_table_orderings_curves_and_one_figure_per
     assert os.path.getsize(f"{out}_target.png") > 1000
     assert not (tmp_path / f"{out.name}_rollout.png").exists()  # only the selected groups
 
+    # every finished run was logged; --resume after a stop runs only what the log lacks, and reports the same
+    log = tmp_path / f"{out.name}.runs.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2
+    log.write_text(lines[0] + "\n")
+    done = subprocess.run([sys.executable, ABLATIONS, *args, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[1/1]" in done.stdout and "[1/2]" not in done.stdout
+    assert (tmp_path / f"{out.name}.md").read_text().startswith(f"Command: `python benchmarks/ablations.py {' '.join(args)}`")
+    assert log.read_text().splitlines()[0] == lines[0] and len(log.read_text().splitlines()) == 2
+
 
 def test_every_variation_is_the_defaults_plus_valid_overrides(ablations):
     from sb3_stepnft import StepNFT

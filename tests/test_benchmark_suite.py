@@ -99,3 +99,37 @@ def test_update_reruns_one_algorithm_and_keeps_the_others_rows(suite, tmp_path):
         "Command: `python benchmarks/suite.py --tasks point_reach` (the other rows); the rows of StepNFT by"
     )
     assert "| PPO | scratch |" in text
+
+
+def test_resume_keeps_finished_runs_and_runs_the_rest(suite, tmp_path):
+    """Each finished run is logged as it ends; ``--resume`` reuses the logged runs (even after a writer killed
+    mid-line) and runs only the missing ones; the table says *Partial* while runs are missing."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "suite_point_reach"
+    log = tmp_path / "suite_point_reach.runs.jsonl"
+    command = [sys.executable, suite.__file__, "--tasks", "point_reach", "--algos", "StepNFT", "PPO", "--seeds", "0",
+               "--env-steps", "256", "--n-steps", "16", "--n-eval", "2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(json.loads(e["key"])["algo"] for e in entries) == ["PPO", "StepNFT"]
+    stepnft = next(e for e in entries if json.loads(e["key"])["algo"] == "StepNFT")
+    log.write_text(json.dumps(stepnft) + "\n" + '{"key": "a killed wri')  # PPO's run lost, a partial last line
+
+    rows = [dict(r, task="point_reach") for r in stepnft["rows"]]
+    args = types.SimpleNamespace(n_steps=16, seeds=[0], n_eval=2, threshold=0.8)
+    text = suite.report(rows, args, "python benchmarks/suite.py", str(out), missing=["point_reach PPO seed 0"])
+    assert "**Partial**: 1 run(s) not finished yet (point_reach PPO seed 0)" in text and "--resume" in text
+
+    result = subprocess.run(command + ["--resume"], check=True, capture_output=True, env=env, text=True)
+    assert "[1/1] point_reach PPO seed 0" in result.stdout  # StepNFT was not run again
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == 2 and entries[0] == stepnft
+    csv_rows = suite.read_csv(str(out) + ".csv")
+    assert [r for r in csv_rows if r["algo"] == "StepNFT"] == stepnft["rows"]  # the logged run, not a rerun
+    assert any(r["algo"] == "PPO" for r in csv_rows)
+    text = out.with_suffix(".md").read_text()
+    assert "Partial" not in text and "--resume" not in text.splitlines()[0]
