@@ -518,7 +518,8 @@ def main() -> None:
         with open(out + ".md") as f:
             first = f.readline().strip()
         previous = first[len("Command: `") : -1] if first.startswith("Command: `") else "an earlier run"
-        command = f"{previous}` (the other rows); the rows of {', '.join(args.algos)} by `{command}"
+        ours = f"` (the other rows); the rows of {', '.join(args.algos)} by `{command}"
+        command = previous if previous.endswith(ours) else previous + ours  # a --resume of the same --update
 
     def publish() -> None:
         """Table, csv and curves of every finished run (rewritten after each one)."""

@@ -33,24 +33,26 @@ PI05_PROMPT_LENGTH = 64  # ByT5 bytes of "Task: go to the yellow target, State: 
 IMAGE_SIZE = 16
 
 
-def vla_policy_kwargs(expert: str = "shared", variant: str = "pi0", expert_width: int = 32) -> dict:
+def vla_policy_kwargs(
+    expert: str = "shared", variant: str = "pi0", expert_width: int = 32, image_size: int = IMAGE_SIZE
+) -> dict:
     return dict(
-        vlm=tiny_paligemma_config(image_size=IMAGE_SIZE, patch_size=8, vocab_size=400),
+        vlm=tiny_paligemma_config(image_size=image_size, patch_size=8, vocab_size=400),
         expert=expert,
         expert_width=expert_width,
         variant=variant,
     )
 
 
-def make_pi05_prompt_env(tokenizer, max_length: int, chunk_size: int = 1, seed=None):
+def make_pi05_prompt_env(tokenizer, max_length: int, chunk_size: int = 1, seed=None, image_size: int = IMAGE_SIZE):
     """LangReach with π0.5's prompt (``Pi05Prompt``: the state, already in [-1, 1], discretised into the prompt)."""
-    env = Pi05Prompt(LangReachEnv(seed=seed), tokenizer, max_length=max_length)
+    env = Pi05Prompt(LangReachEnv(seed=seed, image_size=image_size), tokenizer, max_length=max_length)
     return ActionChunk(env, chunk_size) if chunk_size > 1 else env
 
 
-def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int, state_prompt: bool = False):
+def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int, state_prompt: bool = False, image_size: int = IMAGE_SIZE):
     max_length = PI05_PROMPT_LENGTH if state_prompt else MAX_LENGTH
-    env_kwargs = dict(tokenizer=tokenizer, max_length=max_length, chunk_size=chunk_size)
+    env_kwargs = dict(tokenizer=tokenizer, max_length=max_length, chunk_size=chunk_size, image_size=image_size)
     factory = make_pi05_prompt_env if state_prompt else make_lang_reach_env
     return make_vec_env(factory, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
 
@@ -58,7 +60,7 @@ def make_env(n_envs: int, seed: int, tokenizer, chunk_size: int, state_prompt: b
 def run(seed: int, args) -> dict:
     tokenizer = ByT5Tokenizer()
     th.manual_seed(seed)
-    env = make_env(args.n_envs, seed, tokenizer, args.chunk_size, args.state_prompt)
+    env = make_env(args.n_envs, seed, tokenizer, args.chunk_size, args.state_prompt, args.image_size)
     model = StepNFT(
         FlowVLAPolicy,
         env,
@@ -66,22 +68,22 @@ def run(seed: int, args) -> dict:
         n_steps=args.n_steps,
         batch_size=args.batch_size,
         n_epochs=args.n_epochs,
-        policy_kwargs=vla_policy_kwargs(args.expert, args.variant, args.expert_width),
+        policy_kwargs=vla_policy_kwargs(args.expert, args.variant, args.expert_width, args.image_size),
         seed=seed,
         ema_horizon_ratio=args.ema_horizon_ratio,
         **({} if args.noise_level is None else dict(noise_level=args.noise_level)),
     )
     # the same episodes and demonstrator; with --state-prompt recorded in π0.5's prompt env
-    demo_env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH) if args.state_prompt else None
+    demo_env = make_pi05_prompt_env(tokenizer, PI05_PROMPT_LENGTH, image_size=args.image_size) if args.state_prompt else None
     demos, demo_success = collect_demonstrations(
         args.demos, seed=seed, imperfect_fraction=args.imperfect_fraction, tokenizer=tokenizer, max_length=MAX_LENGTH,
-        env=demo_env,
+        env=demo_env, env_kwargs=dict(image_size=args.image_size),
     )  # fmt: skip
     start = time.perf_counter()
     pretrain(model, demos, epochs=args.pretrain_epochs, learning_rate=args.pretrain_lr, seed=seed)
     pretrain_time = time.perf_counter() - start
     eval_seed = seed + args.eval_seed_offset
-    eval_env = make_env(8, 10_000 + eval_seed, tokenizer, args.chunk_size, args.state_prompt)
+    eval_env = make_env(8, 10_000 + eval_seed, tokenizer, args.chunk_size, args.state_prompt, args.image_size)
     before = evaluate_success(model, eval_env, n_eval_episodes=args.eval_episodes, seed=eval_seed)["success_rate"]
     passes = model.policy.backbone_observations
     start = time.perf_counter()
@@ -126,6 +128,7 @@ def main(argv=None) -> None:
     parser.add_argument("--expert", default="shared", choices=("shared", "cross"))
     parser.add_argument("--variant", default="pi0", choices=("pi0", "pi05"), help="π0 or π0.5 (AdaRMS) expert")
     parser.add_argument("--expert-width", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="camera pixels (patches of 8)")
     parser.add_argument(
         "--state-prompt", action="store_true", help="π0.5's prompt: the discretised state written into the instruction"
     )

@@ -553,8 +553,48 @@ def demos(args: argparse.Namespace) -> int:
         print(f"saved {out}/{name}.{args.obs_mode}.{args.control_mode}.n{args.n}.seed{args.seed}.npz")
         return 0
     if kind == "libero":
-        raise CLIError("no LIBERO demonstrations can be generated offline (LIBERO's datasets are hub-only downloads)")
-    raise CLIError(f"demonstrations exist for point_reach and maniskill:<task> only, not {args.env!r}")
+        return _libero_demos(name, args)
+    raise CLIError(f"demonstrations exist for point_reach, maniskill:<task> and libero:<suite>/<id> only, not {args.env!r}")
+
+
+def _libero_demos(name: str, args: argparse.Namespace) -> int:
+    """LIBERO's datasets are hub-only downloads: the package's scripted pick-and-place demonstrator
+    (sb3_stepnft.envs.libero_demos, privileged object poses) records its own, one episode per initial state."""
+    suite, task_id = _libero_task(name)
+    first = args.first_init_state
+    if args.n < 1 or first < 0:
+        raise CLIError(f"-n must be >= 1 and --first-init-state >= 0, got -n {args.n}, --first-init-state {first}")
+    from sb3_stepnft.envs.libero import LiberoEnv
+    from sb3_stepnft.envs.libero_demos import pick_place_goal, run_demonstrator
+
+    env = LiberoEnv(suite, task_id, camera_size=args.camera_size, object_state=True, assets_path=args.assets_path)
+    try:
+        try:
+            pick_place_goal(env)
+        except ValueError as error:
+            raise CLIError(f"libero:{name}: {error}") from None
+        if first + args.n > len(env.init_states):
+            raise CLIError(
+                f"libero:{name} has {len(env.init_states)} initial states: -n {args.n} from --first-init-state {first} "
+                "runs past them"
+            )
+        data, stats = run_demonstrator(
+            env, range(first, first + args.n), noise=args.noise, imperfect_fraction=args.imperfect_fraction, seed=args.seed
+        )
+    finally:
+        env.close()
+    out = Path(args.out or "demos")
+    views = "state" if args.camera_size is None else f"rgb{args.camera_size}"
+    path = out if out.suffix == ".npz" else out / f"libero_{suite}_{task_id}.{views}.n{args.n}.seed{args.seed}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.save(path)
+    print(
+        f"{args.n} episodes of libero:{name} ({stats['instruction']!r}; initial states {first}-{first + args.n - 1}, "
+        f"{sum(stats['imperfect'])} imperfect), demonstrator success {stats['success_rate']:.2f}, {len(data)} steps: "
+        f"saved {path}\ntrain on them with the same observations: --env libero:{name} --set "
+        f"env_kwargs.object_state=true --set env_kwargs.camera_size={'null' if args.camera_size is None else args.camera_size}"
+    )
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ compare
@@ -646,19 +686,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate)
 
     p = sub.add_parser(
-        "demos", parents=[threads], formatter_class=_Formatter, help="generate demonstrations (PointReach, ManiSkill)",
-        description="Demonstrations for pretraining: PointReach's scripted demonstrator (imperfect by design) or "
+        "demos", parents=[threads], formatter_class=_Formatter,
+        help="generate demonstrations (PointReach, ManiSkill, LIBERO pick-and-place)",
+        description="Demonstrations for pretraining: PointReach's scripted demonstrator (imperfect by design), "
         "ManiSkill motion planning (sb3_stepnft.envs.maniskill_demos; needs the [maniskill] extra and the planner "
-        "venv of scripts/install_sim.sh).",
+        "venv of scripts/install_sim.sh) or, for LIBERO pick-and-place tasks (all of libero_object, the "
+        "pick-and-place tasks of libero_spatial/libero_goal), the scripted demonstrator driven by privileged object "
+        "poses (sb3_stepnft.envs.libero_demos; observations with the object_state key), one episode per initial state.",
     )  # fmt: skip
-    p.add_argument("env", help="point_reach or maniskill:<task> (e.g. maniskill:PushCube-v1)")
-    p.add_argument("-n", type=int, default=40, help="episodes (ManiSkill: successful planned episodes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode")
-    p.add_argument("--out", default=None, help="output folder, or a .npz file for point_reach (default demos/)")
+    p.add_argument("env", help="point_reach, maniskill:<task> (e.g. maniskill:PushCube-v1) or libero:<suite>/<task id>")
+    p.add_argument(
+        "-n", type=int, default=40, help="episodes (ManiSkill: successful planned episodes; LIBERO: initial states)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the first episode (LIBERO: of the imperfect choices and noise)"
+    )
+    p.add_argument("--out", default=None, help="output folder, or a .npz file for point_reach/libero (default demos/)")
     p.add_argument("--control-mode", default="pd_ee_delta_pos", help="ManiSkill control mode")
     p.add_argument("--obs-mode", default="state", help="ManiSkill observation mode")
-    p.add_argument("--camera-size", type=int, default=None, help="ManiSkill camera size for visual obs modes")
+    p.add_argument(
+        "--camera-size", type=int, default=None,
+        help="ManiSkill: camera size for visual obs modes; LIBERO: record images of this size (default: physics only)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="ManiSkill: regenerate even if the output exists")
+    p.add_argument("--first-init-state", type=int, default=0, help="LIBERO: initial state of the first episode")
+    p.add_argument("--imperfect-fraction", type=float, default=0.0, help="LIBERO: episodes that grasp off-centre")
+    p.add_argument("--noise", type=float, default=0.0, help="LIBERO: action noise of the clean episodes")
+    p.add_argument("--assets-path", default=None, help="LIBERO: assets folder (default: LIBERO's config)")
     p.set_defaults(func=demos)
 
     p = sub.add_parser(

@@ -99,6 +99,10 @@ def test_update_reruns_one_algorithm_and_keeps_the_others_rows(suite, tmp_path):
         "Command: `python benchmarks/suite.py --tasks point_reach` (the other rows); the rows of StepNFT by"
     )
     assert "| PPO | scratch |" in text
+    # the same --update continued with --resume: the rows' origins stay as they were said once
+    subprocess.run(command + ["--resume"], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.with_suffix(".md").read_text().splitlines()[0] == text.splitlines()[0]
+    assert [r for r in suite.read_csv(str(out) + ".csv") if r["algo"] == "StepNFT"] == stepnft
 
 
 def test_resume_keeps_finished_runs_and_runs_the_rest(suite, tmp_path):

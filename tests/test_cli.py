@@ -136,8 +136,9 @@ def test_train_ppo_and_flowgrpo_groups(tmp_path):
         (["train", "--algo", "ppo", "--env", "point_reach", "--demos", "x.npz"], "does not exist"),
         (["train", "--env", "point_reach", "--hyperparams", "missing.yml"], "does not exist"),
         (["eval", "nowhere"], "neither a run folder nor a saved model"),
-        (["demos", "libero:libero_goal/0"], "LIBERO"),
-        (["demos", "CartPole-v1"], "point_reach and maniskill"),
+        (["demos", "CartPole-v1"], "point_reach, maniskill:<task> and libero:<suite>/<id>"),
+        (["demos", "libero:libero_goal"], "libero:<suite>/<task id>"),
+        (["demos", "libero:libero_goal/0", "-n", "0"], "-n must be >= 1"),
     ],
 )
 def test_bad_input_gives_a_clear_one_line_error(argv, message, capsys, tmp_path, monkeypatch):

@@ -236,3 +236,28 @@ def test_demonstrator_succeeds_and_few_shot_sft_then_one_stepnft_iteration(liber
     model.learn(8)  # one iteration: 2 envs x 4 decisions x 4 env steps, episodes of 16 env steps end inside it
     assert model.num_timesteps == 8 and model._n_updates > 0 and len(model.ep_info_buffer) == 2
     vec_env.close()
+
+
+def test_cli_demos_records_the_demonstrator_on_a_pick_and_place_task(libero_assets, tmp_path, capsys):
+    """``sb3-stepnft demos libero:<suite>/<id>``: one demonstrator episode per initial state, saved with the
+    physics-only observations (object_state) that ``train --set env_kwargs.object_state=true`` gives; tasks that
+    are not single-object pick-and-place and too many initial states are refused with the reason."""
+    from sb3_stepnft.cli import main
+    from sb3_stepnft.sft import Demonstrations
+
+    out = tmp_path / "d.npz"
+    argv = ["demos", "libero:libero_object/0", "-n", "1", "--first-init-state", "2", "--assets-path", libero_assets]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "initial states 2-2" in printed and "env_kwargs.object_state=true" in printed
+    demos = Demonstrations.load(out)
+    assert demos.n_episodes == 1 and demos.actions.shape[1] == 7
+    assert set(demos.observations) == {"state", "object_state"} and demos.observations["object_state"].shape[1] == 14
+    env = make_libero_env("libero_object", 0, camera_size=None, object_state=True, assets_path=libero_assets)
+    assert set(env.observation_space.spaces) == set(demos.observations)  # what train builds for the same task
+    env.close()
+
+    assert main(["demos", "libero:libero_goal/0", "-n", "1", "--assets-path", libero_assets]) == 2
+    assert "(In obj region)" in capsys.readouterr().err
+    assert main(["demos", "libero:libero_object/0", "-n", "60", "--assets-path", libero_assets]) == 2
+    assert "initial states" in capsys.readouterr().err
