@@ -125,6 +125,9 @@ def evaluate(model, vec_normalize, args, assets_path: str, seed: int) -> dict:
         seed=seed,
         assets_path=assets_path,
         object_state=True,
+        # the committed results used the deterministic policy (evaluate_libero's default until it became the paper's
+        # deterministic=False); kept so that the recorded commands reproduce them
+        deterministic=True,
     )
     return dict(
         success=result["success_rate"], seconds=time.time() - start, mean_length=float(np.mean(result["tasks"][0]["lengths"]))

@@ -504,7 +504,7 @@ def evaluate(args: argparse.Namespace) -> int:
         result = evaluate_libero(
             model, suite, tasks=args.tasks if args.tasks is not None else [task_id],
             init_states=range(args.episodes if args.episodes is not None else 50), seed=args.seed,
-            deterministic=not args.stochastic, verbose=1, **kwargs,
+            deterministic=args.deterministic, verbose=1, **kwargs,
         )  # fmt: skip
         summary = dict(protocol="libero", suite=suite, success_rate=result["success_rate"], episodes=result["episodes"],
                        tasks={r["task_id"]: r["success_rate"] for r in result["tasks"]})  # fmt: skip
@@ -670,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", parents=[threads], formatter_class=_Formatter, help="evaluate a saved model",
         description="Evaluate a saved model: the paper's protocol (sb3_stepnft.common.evaluation.evaluate_success: "
         "seeded episodes, deterministic=False) or, for libero: envs, LIBERO's (sb3_stepnft.envs.evaluate_libero: "
-        "fixed initial states, deterministic policy). Prints one JSON line.",
+        "fixed initial states, deterministic=False unless --deterministic). Prints one JSON line.",
     )  # fmt: skip
     p.add_argument("path", help="a run folder of `sb3-stepnft train` (model.zip + config.yml) or a model .zip")
     p.add_argument("--env", default=None, help="env id (default: the run's)")
@@ -679,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="episodes (paper: 100) or initial states per task (libero: 50)")
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="libero: task ids (default: the run's task)")
     p.add_argument("--seed", type=int, default=None, help=f"evaluation seed (paper default {EVAL_SEED}; libero 0)")
-    p.add_argument("--deterministic", action="store_true", help="paper protocol: deterministic=True (x_0 = 0)")
-    p.add_argument("--stochastic", action="store_true", help="libero protocol: deterministic=False")
+    p.add_argument(
+        "--deterministic", action="store_true",
+        help="deterministic=True (the ODE from x_0 = 0) instead of the paper's sampler (x_0 ~ N(0, I)), either protocol",
+    )  # fmt: skip
     p.add_argument("--json", default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=evaluate)

@@ -435,7 +435,7 @@ def evaluate_libero(
     camera_size: int | None = 128,
     max_steps: int | None = None,
     settle_steps: int = SETTLE_STEPS,
-    deterministic: bool = True,
+    deterministic: bool = False,
     seed: int | None = 0,
     chunk_size: int | None = None,
     assets_path: str | os.PathLike | None = None,
@@ -445,7 +445,8 @@ def evaluate_libero(
 ) -> dict[str, Any]:
     """LIBERO's standard evaluation protocol: every task of the suite, the fixed initial states in order, ``settle_steps``
     no-op steps after each reset, at most ``max_steps`` env steps per episode (:data:`LIBERO_MAX_STEPS` of the suite),
-    the deterministic policy, success = the BDDL goal reached within the limit.
+    success = the BDDL goal reached within the limit; the policy samples as in the paper's evaluation
+    (``deterministic=False``: the ODE from x_0 ~ N(0, I), seeded; ALGORITHM.md §1), or ``deterministic=True``.
 
     Each task's episodes run through the package's one evaluation loop,
     :func:`~sb3_stepnft.common.evaluation.evaluate_success`, on a one-env ``DummyVecEnv`` whose :class:`LiberoEnv`
@@ -462,7 +463,7 @@ def evaluate_libero(
     :param camera_size: Camera size (None: physics only, for state-only policies).
     :param max_steps: Episode limit in env steps (default: the suite's).
     :param settle_steps: No-op steps after each reset.
-    :param deterministic: Passed to ``predict`` (True: the protocol's deterministic policy).
+    :param deterministic: Passed to ``predict`` (default False, the paper's sampler; True: x_0 = 0).
     :param seed: Seeds torch inside a forked random state (matters only for ``deterministic=False``).
     :param chunk_size: Rows per decision (default: from the model's action space, Box(H, 7) -> H).
     :param assets_path: LIBERO assets folder.

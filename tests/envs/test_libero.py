@@ -129,9 +129,10 @@ class ScriptedModel:
 
     def __init__(self, action_space):
         self.action_space = action_space
-        self.first_states = []
+        self.first_states, self.deterministic = [], set()
 
     def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        self.deterministic.add(deterministic)
         if episode_start[0]:
             self.first_states.append(obs["state"][0].copy())
         return np.zeros((1, *self.action_space.shape), np.float32), None
@@ -149,6 +150,7 @@ def test_evaluation_runs_the_init_states_in_order_through_the_one_loop(libero_as
     (task,) = result["tasks"]
     assert task["lengths"] == [3, 3, 3] and task["successes"] == [False] * 3  # env steps (chunks of 2, then 1)
     assert len(model.first_states) == 3
+    assert model.deterministic == {False}  # the paper's sampler (ALGORITHM.md §1) by default
     for seen, wanted in zip(model.first_states, expected):
         assert np.allclose(seen, wanted)
     assert not np.allclose(expected[0], expected[1])
