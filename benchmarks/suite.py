@@ -7,7 +7,8 @@ Tasks (``--tasks``):
 - ``lang_reach``: LangReach, a language-conditioned task; FlowVLAPolicy with a tiny PaliGemma (frozen) and a shared
   action expert (benchmarks/vla_langreach.py's model and pretraining: 200 epochs at lr 1e-3), chunks of 4; pretrained
   on 40 imperfect demonstrations. No
-  Gaussian reference: SB3 has no policy for a frozen VLM backbone.
+  Gaussian reference: SB3 has no policy for a frozen VLM backbone. ``lang_reach_pi05``: the same with a π0.5 expert
+  (AdaRMS time conditioning; no state token, so the position comes from the image).
 - ``push_cube`` / ``pick_cube``: ManiSkill3 PushCube-v1 / PickCube-v1, state observations, ``pd_ee_delta_pos``, chunks
   of 8, motion-planned demonstrations (``generate_demonstrations``, cached under ``<out>/tmp/demos``: 10 for PushCube;
   50 for PickCube, pretrained for 300 epochs, since 10 start it at 0.01: pretrain_sweep_pick_cube.md), observation
@@ -108,8 +109,10 @@ class PointReachTask(Task):
         return collect_demonstrations(40, seed=seed)[0]
 
 
+@dataclass
 class LangReachTask(Task):
     MAX_LENGTH = 24
+    variant: str = "pi0"  # FlowVLAPolicy's expert: "pi0" (state token) or "pi05" (AdaRMS time conditioning)
 
     def _env_kwargs(self):
         from transformers import ByT5Tokenizer
@@ -132,8 +135,8 @@ class LangReachTask(Task):
         from sb3_stepnft.vla import FlowVLAPolicy
         from sb3_stepnft.vla.testing import tiny_paligemma_config
 
-        kwargs = dict(vlm=tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400), expert="shared", expert_width=32)
-        return FlowVLAPolicy, kwargs
+        vlm = tiny_paligemma_config(image_size=16, patch_size=8, vocab_size=400)
+        return FlowVLAPolicy, dict(vlm=vlm, expert="shared", expert_width=32, variant=self.variant)
 
     def demonstrations(self, seed, context):
         from sb3_stepnft.envs.lang_reach import collect_demonstrations
@@ -190,6 +193,17 @@ TASKS = {
         quick_env_steps=16_000,
         gaussian_references=False,
         pretrain_kwargs=dict(epochs=200, learning_rate=1e-3),  # benchmarks/vla_langreach.py's pretraining
+    ),
+    # the same task with a tiny π0.5 (AdaRMS time conditioning, no state token: the position comes from the image)
+    "lang_reach_pi05": LangReachTask(
+        "lang_reach_pi05",
+        "LangReach (tiny π0.5 VLA)",
+        chunk=4,
+        env_steps=80_000,
+        quick_env_steps=16_000,
+        gaussian_references=False,
+        pretrain_kwargs=dict(epochs=200, learning_rate=1e-3),
+        variant="pi05",
     ),
     "push_cube": PushCubeTask("push_cube", "ManiSkill PushCube (state)", chunk=8, env_steps=100_000, quick_env_steps=16_000),
     # PickCube from 10 demos starts at 0.01 and nothing learns; 50 demos and 300 epochs start at 0.15 (tuning seeds:
