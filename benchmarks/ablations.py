@@ -40,8 +40,6 @@ ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
 
 import argparse
 import inspect
-import json
-import multiprocessing as mp
 import os
 import sys
 from dataclasses import dataclass
@@ -239,9 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     suite.add_run_arguments(parser, ["point_reach", "push_cube"], os.path.join("runs", "ablations"))
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     args = suite.parse_run_arguments(parser, argv)
-    command = " ".join(
-        ["python benchmarks/ablations.py", *(a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume")]
-    )
+    command = suite.command_line("benchmarks/ablations.py", sys.argv[1:] if argv is None else argv)
     configs = {config_of(GROUPS[g].variations[v]): GROUPS[g].variations[v] for g in args.groups for v in GROUPS[g].variations}
 
     contexts = {name: suite.TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
@@ -257,21 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     log_name = "ablations" + ("_quick" if args.quick else "") + "_" + "_".join(args.tasks)
     log_name += "" if args.groups == list(GROUPS) else "_only_" + "_".join(args.groups)
     log = suite.RunLog(os.path.join(args.out, log_name + ".runs.jsonl"), args.resume)
-    pending = [job for job in jobs if job["key"] not in log.done]
-    pretrain_jobs = list({(j["task"].name, j["seed"]): (j["task"], j["seed"], j["context"]) for j in pending}.values())
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        states = pool.map(suite.pretrained_state, pretrain_jobs)
-        states = {(task.name, seed): state for (task, seed, _), state in zip(pretrain_jobs, states)}
-        for job in pending:
-            job["state"] = states[job["task"].name, job["seed"]]
-        for n, (key, rows) in enumerate(pool.imap_unordered(suite.run_keyed, pending), 1):
-            log.add(key, rows)
-            fields = json.loads(key)
-            print(
-                f"[{n}/{len(pending)}] {fields['task']}, seed {fields['seed']}, {config_of(fields['overrides'])}: "
-                f"success {rows[-1]['success_rate']:.3f}",
-                flush=True,
-            )
+    describe = lambda job: f"{job['task'].name}, seed {job['seed']}, {config_of(job['overrides'])}"  # noqa: E731
+    suite.run_pending(jobs, log, args.workers, describe)
     runs = {key: log.done[job["key"]] for key, job in zip(keys, jobs)}
 
     for task_name in args.tasks:

@@ -330,6 +330,36 @@ class RunLog:
         self.done[key] = rows
 
 
+def run_pending(jobs: list[dict], log: RunLog, workers: int, describe, after_each=None) -> list[dict]:
+    """Run the jobs (with their ``key``) that ``log`` has not finished, on a pool of ``workers`` processes: each flow
+    job starts from its (task, seed)'s pretrained policy (pretrained once per pair); every run is logged as it ends,
+    with a progress line ``[n/N] describe(job): success ...``, then ``after_each()``. Returns the jobs it ran."""
+    pending = [job for job in jobs if job["key"] not in log.done]
+    pretrain_jobs = list({(j["task"].name, j["seed"]): (j["task"], j["seed"], j["context"])
+                          for j in pending if j["algo"] in FLOW}.values())  # fmt: skip
+    described = {job["key"]: describe(job) for job in pending}
+    with mp.get_context("spawn").Pool(workers) as pool:
+        states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
+        for job in pending:
+            job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
+        for n, (key, rows) in enumerate(pool.imap_unordered(run_keyed, pending), 1):
+            log.add(key, rows)
+            print(f"[{n}/{len(pending)}] {described[key]}: success {rows[-1]['success_rate']:.3f}", flush=True)
+            if after_each is not None:
+                after_each()
+    return pending
+
+
+def run_label(job: dict) -> str:
+    """``task algorithm seed N``: a run in progress lines and in a *Partial* table."""
+    return f"{job['task'].name} {job['algo']} seed {job['seed']}"
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command a result file records: ``--resume`` left out (a resumed run gives the same result)."""
+    return " ".join([f"python {script}", *(a for a in argv if a != "--resume")])
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def steps_to(curve_steps: np.ndarray, curve: np.ndarray, threshold: float) -> str:
     reached = np.nonzero(curve >= threshold)[0]
@@ -510,7 +540,7 @@ def main() -> None:
     args = parse_run_arguments(parser)
     name = "suite" + ("_quick" if args.quick else "") + ("" if args.tasks == list(TASKS) else "_" + "_".join(args.tasks))
     out = os.path.join(args.out, name)  # e.g. suite.md, suite_quick.md, suite_point_reach.md
-    command = " ".join(["python benchmarks/suite.py", *(a for a in sys.argv[1:] if a != "--resume")])
+    command = command_line("benchmarks/suite.py", sys.argv[1:])
 
     contexts = {name: TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
     jobs = []
@@ -525,7 +555,6 @@ def main() -> None:
                 jobs.append(dict(zip(JOB_FIELDS, values)))
                 jobs[-1]["key"] = run_key(jobs[-1])
     log = RunLog(out + ".runs.jsonl", args.resume)
-    pending = [job for job in jobs if job["key"] not in log.done]
     kept: list[dict] = []
     if args.update and os.path.exists(out + ".csv"):
         kept = [r for r in read_csv(out + ".csv") if r["algo"] not in args.algos]
@@ -544,23 +573,12 @@ def main() -> None:
         order = {(t, a): i for i, (t, a) in enumerate((t, a) for t in args.tasks for a in algos)}
         rows.sort(key=lambda r: (order[(r["task"], r["algo"])], r["seed"], r["env_steps"]))
         write_csv(rows, out + ".csv")
-        missing = [f"{j['task'].name} {j['algo']} seed {j['seed']}" for j in jobs if j["key"] not in log.done]
+        missing = [run_label(j) for j in jobs if j["key"] not in log.done]
         print(report(rows, args, command, out, missing))
         plot(rows, out)
         print(f"wrote {out}.csv, {out}.md, {out}.png", flush=True)
 
-    pretrain_jobs = list({(j["task"].name, j["seed"]): (j["task"], j["seed"], j["context"])
-                          for j in pending if j["algo"] in FLOW}.values())  # fmt: skip
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        states = dict(zip([(j[0].name, j[1]) for j in pretrain_jobs], pool.map(pretrained_state, pretrain_jobs)))
-        for job in pending:
-            job["state"] = states.get((job["task"].name, job["seed"])) if job["algo"] in FLOW else None
-        for n, (key, rows) in enumerate(pool.imap_unordered(run_keyed, pending), 1):
-            log.add(key, rows)
-            print(f"[{n}/{len(pending)}] {rows[0]['task']} {rows[0]['algo']} seed {rows[0]['seed']}: "
-                  f"success {rows[-1]['success_rate']:.3f}", flush=True)  # fmt: skip
-            publish()
-    if not pending:
+    if not run_pending(jobs, log, args.workers, run_label, after_each=publish):
         publish()
 
 
