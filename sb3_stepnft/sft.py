@@ -105,6 +105,41 @@ class Demonstrations:
             raise ValueError(f"Cannot read demonstrations from {path}: {error}") from error
 
 
+def record_demonstrations(env, n_episodes: int, seed: int, episode_actor) -> tuple[Demonstrations, float]:
+    """Record ``n_episodes`` episodes of a scripted demonstrator in ``env``.
+
+    Episode ``e`` starts with ``env.reset(seed=seed * 100_003 + e)``; ``episode_actor(obs, info)`` is called once after
+    each reset and returns the episode's ``obs -> action`` function (which may hold per-episode choices such as a goal
+    or a detour). Dict observation spaces give per-key arrays.
+
+    :return: the :class:`Demonstrations` and the share of episodes with ``info["is_success"]`` at some step.
+    """
+    keys = list(env.observation_space.spaces) if isinstance(env.observation_space, spaces.Dict) else None
+    observations: Any = {key: [] for key in keys} if keys is not None else []
+    actions, starts, successes = [], [], []
+    for episode in range(n_episodes):
+        obs, info = env.reset(seed=seed * 100_003 + episode)
+        act = episode_actor(obs, info)
+        done, first, success = False, True, False
+        while not done:
+            action = act(obs)
+            if keys is not None:
+                for key in keys:
+                    observations[key].append(obs[key])
+            else:
+                observations.append(obs)
+            actions.append(action)
+            starts.append(first)
+            first = False
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            success = success or bool(info["is_success"])
+        successes.append(success)
+    stacked = {key: np.stack(values) for key, values in observations.items()} if keys is not None else np.array(observations)
+    demos = Demonstrations(observations=stacked, actions=np.array(actions), episode_starts=np.array(starts))
+    return demos, float(np.mean(successes))
+
+
 def build_chunks(demos: Demonstrations, rows: int, action_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Chunks of ``rows`` consecutive actions inside each episode, and the mask of rows before the episode's end.
 

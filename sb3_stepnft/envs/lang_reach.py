@@ -393,33 +393,16 @@ def collect_demonstrations(
     :param env: another LangReach env to record in (e.g. with π0.5's state prompt, ``vla.Pi05Prompt``); default: the
         one :func:`make_lang_reach_env` builds from ``tokenizer``, ``max_length`` and ``env_kwargs``.
     """
-    from sb3_stepnft.sft import Demonstrations
+    from sb3_stepnft.sft import record_demonstrations
 
     rng = np.random.default_rng(seed)
     if env is None:
         env = make_lang_reach_env(tokenizer, max_length=max_length, **(env_kwargs or {}))
     inner: LangReachEnv = env.unwrapped
-    observations: dict[str, list[np.ndarray]] = {key: [] for key in env.observation_space.spaces}
-    actions, starts, successes = [], [], []
-    for episode in range(n_episodes):
-        obs, info = env.reset(seed=seed * 100_003 + episode)
+
+    def episode_actor(obs, info):
         goal = inner.targets[target_from_instruction(info["instruction"])]
         angle = rng.choice([-wander, wander]) if rng.random() < imperfect_fraction else 0.0
-        done, first, success = False, True, False
-        while not done:
-            action = demonstrator_action(obs["state"], goal, angle, rng, inner.step_size)
-            for key, value in obs.items():
-                observations[key].append(value)
-            actions.append(action)
-            starts.append(first)
-            first = False
-            obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-            success = success or info["is_success"]
-        successes.append(success)
-    demos = Demonstrations(
-        observations={key: np.stack(values) for key, values in observations.items()},
-        actions=np.array(actions),
-        episode_starts=np.array(starts),
-    )
-    return demos, float(np.mean(successes))
+        return lambda obs: demonstrator_action(obs["state"], goal, angle, rng, inner.step_size)
+
+    return record_demonstrations(env, n_episodes, seed, episode_actor)

@@ -99,24 +99,13 @@ def collect_demonstrations(
     direction) and mostly fails; the rest head straight for the goal. Returns
     :class:`sb3_stepnft.sft.Demonstrations` and the demonstrator's success rate.
     """
-    from sb3_stepnft.sft import Demonstrations
+    from sb3_stepnft.sft import record_demonstrations
 
     rng = np.random.default_rng(seed)
     env = PointReachEnv(**(env_kwargs or {}))
-    observations, actions, starts, successes = [], [], [], []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=seed * 100_003 + episode)
+
+    def episode_actor(obs, info):
         angle = rng.choice([-wander, wander]) if rng.random() < imperfect_fraction else 0.0
-        done, first, success = False, True, False
-        while not done:
-            action = demonstrator_action(obs, angle, rng, env.step_size)
-            observations.append(obs)
-            actions.append(action)
-            starts.append(first)
-            first = False
-            obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-            success = success or info["is_success"]
-        successes.append(success)
-    demos = Demonstrations(observations=np.array(observations), actions=np.array(actions), episode_starts=np.array(starts))
-    return demos, float(np.mean(successes))
+        return lambda obs: demonstrator_action(obs, angle, rng, env.step_size)
+
+    return record_demonstrations(env, n_episodes, seed, episode_actor)
