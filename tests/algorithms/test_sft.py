@@ -167,8 +167,8 @@ def test_record_demonstrations_seeds_episodes_and_asks_for_one_actor_each():
     np.testing.assert_array_equal(demos.actions[0], episode_actor(first_obs, {})(first_obs))  # rows pair obs and action
 
 
-def test_point_reach_demonstrations_go_through_record_demonstrations():
-    """The scripted demonstrator keeps its RNG order: two calls with one seed give the same rows."""
+def test_point_reach_demonstrations_are_reproducible_per_seed():
+    """Two calls of the scripted demonstrator (built on record_demonstrations) with one seed give the same rows."""
     first, rate = collect_demonstrations(n_episodes=4, seed=7)
     second, rate2 = collect_demonstrations(n_episodes=4, seed=7)
     np.testing.assert_array_equal(first.actions, second.actions)
