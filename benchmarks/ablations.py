@@ -33,7 +33,13 @@ differ by more than the larger of their stds over seeds; otherwise "not separate
     python benchmarks/ablations.py --groups objective ema --tasks push_cube --out benchmarks/results
 
 Each finished run is appended to ``<out>/ablations_<tasks>[_only_<groups>].runs.jsonl``; a stopped command continues
-with the same arguments plus ``--resume`` (the tables are written when every run is in).
+with the same arguments plus ``--resume`` (the tables are written when every run is in). Groups run by separate
+commands share their common runs (the defaults) with ``--reuse <other log>``: a run is taken only when its task, seed,
+budget, evaluation and configuration are the same, so the groups compare against one set of defaults runs::
+
+    python benchmarks/ablations.py --groups ema --tasks push_cube --out benchmarks/results
+    python benchmarks/ablations.py --groups trust_region --tasks push_cube --out benchmarks/results \
+        --reuse benchmarks/results/ablations_push_cube_only_ema.runs.jsonl
 
 ManiSkill tasks need ``make install-sim``. One torch thread per worker process.
 """
@@ -69,11 +75,16 @@ def stepnft_defaults() -> dict:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def config_of(overrides: dict) -> str:
-    """The run a variation needs: its overrides without those equal to StepNFT's defaults, as text ("defaults")."""
+def changed(overrides: dict) -> dict:
+    """The run a variation needs: its overrides without those equal to StepNFT's defaults (``noise_level=0.2`` is
+    the defaults run, in every group and every run log)."""
     defaults = stepnft_defaults()
-    changed = {k: v for k, v in overrides.items() if k not in defaults or defaults[k] != v}
-    return ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "defaults"
+    return {k: v for k, v in sorted(overrides.items()) if k not in defaults or defaults[k] != v}
+
+
+def config_of(overrides: dict) -> str:
+    """:func:`changed` as text ("defaults" when nothing is)."""
+    return ", ".join(f"{k}={v!r}" for k, v in changed(overrides).items()) or "defaults"
 
 
 def _step_selection_group() -> Group:
@@ -236,9 +247,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     suite.add_run_arguments(parser, ["point_reach", "push_cube"], os.path.join("runs", "ablations"))
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="RUNS_JSONL",
+        help="take the runs these logs of other groups finished with the same configuration, seed, budget and "
+        "evaluation (the defaults runs) instead of running them again; they are copied into this command's log",
+    )
     args = suite.parse_run_arguments(parser, argv)
     command = suite.command_line("benchmarks/ablations.py", sys.argv[1:] if argv is None else argv)
-    configs = {config_of(GROUPS[g].variations[v]): GROUPS[g].variations[v] for g in args.groups for v in GROUPS[g].variations}
+    variations = [GROUPS[g].variations[v] for g in args.groups for v in GROUPS[g].variations]
+    configs = {config_of(overrides): changed(overrides) for overrides in variations}
 
     contexts = {name: suite.TASKS[name].prepare(args.out, args.quick) for name in args.tasks}
     keys = [(task_name, seed, config) for task_name in args.tasks for seed in args.seeds for config in configs]
@@ -253,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     log_name = "ablations" + ("_quick" if args.quick else "") + "_" + "_".join(args.tasks)
     log_name += "" if args.groups == list(GROUPS) else "_only_" + "_".join(args.groups)
     log = suite.RunLog(os.path.join(args.out, log_name + ".runs.jsonl"), args.resume)
+    log.reuse(args.reuse, [job["key"] for job in jobs])
     describe = lambda job: f"{job['task'].name}, seed {job['seed']}, {config_of(job['overrides'])}"  # noqa: E731
     suite.run_pending(jobs, log, args.workers, describe)
     runs = {key: log.done[job["key"]] for key, job in zip(keys, jobs)}

@@ -305,7 +305,7 @@ class RunLog:
     that is stopped keeps what it finished, and ``--resume`` skips those runs. Without ``resume`` an earlier log at
     ``path`` is replaced."""
 
-    def __init__(self, path: str, resume: bool):
+    def __init__(self, path: str, resume: bool, rewrite: bool = True):
         self.path, self.done = path, {}
         if not resume:
             open(path, "w").close()
@@ -318,8 +318,20 @@ class RunLog:
                     except json.JSONDecodeError:  # the last line of a killed writer
                         continue
                     self.done[entry["key"]] = entry["rows"]
+        if not rewrite:  # read only: another command's log (reuse)
+            return
         with open(path, "w") as f:  # without a killed writer's partial line, which the next append would extend
             f.writelines(json.dumps(dict(key=key, rows=rows)) + "\n" for key, rows in self.done.items())
+
+    def reuse(self, paths: list[str], keys: list[str]) -> None:
+        """Take the runs of ``keys`` that this log lacks from the logs at ``paths`` (another command's, finished with
+        the same key: task, algorithm, seed, budget, evaluation and overrides), recording them here."""
+        for path in paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--reuse {path}: no such run log; give the .runs.jsonl of an earlier command")
+            for key, rows in RunLog(path, resume=True, rewrite=False).done.items():
+                if key in keys and key not in self.done:
+                    self.add(key, rows)
 
     def add(self, key: str, rows: list[dict]) -> None:
         rows = [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]

@@ -54,6 +54,19 @@ def test_quick_path_writes_the_command_table_orderings_curves_and_one_figure_per
     assert (tmp_path / f"{out.name}.md").read_text().startswith(f"Command: `python benchmarks/ablations.py {' '.join(args)}`")
     assert log.read_text().splitlines()[0] == lines[0] and len(log.read_text().splitlines()) == 2
 
+    # another group's command takes the runs it shares with the target group's log (defaults; target='terminal')
+    # and runs only its own (ODE): one set of defaults runs behind every group
+    rollout = [*args[:args.index("--groups")], "--groups", "rollout", *args[args.index("--groups") + 2:]]
+    missing = subprocess.run([sys.executable, ABLATIONS, *rollout, "--reuse", str(tmp_path / "nope.runs.jsonl")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert missing.returncode != 0 and "nope.runs.jsonl: no such run log" in missing.stderr
+    done = subprocess.run([sys.executable, ABLATIONS, *rollout, "--reuse", str(log)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[1/1]" in done.stdout and "sampler='ode'" in done.stdout and "[1/3]" not in done.stdout
+    reused = (tmp_path / "ablations_quick_point_reach_only_rollout.runs.jsonl").read_text().splitlines()
+    assert len(reused) == 3 and set(log.read_text().splitlines()) <= set(reused)
+
 
 def test_every_variation_is_the_defaults_plus_valid_overrides(ablations):
     from sb3_stepnft import StepNFT
@@ -70,6 +83,7 @@ def test_every_variation_is_the_defaults_plus_valid_overrides(ablations):
         for left, relation, right in group.claims:
             assert relation in (">", "≈") and set(left + right) <= set(group.variations), name
     assert ablations.config_of(dict(noise_level=0.2)) == "defaults"  # an override equal to the default is not a run
+    assert ablations.changed(dict(noise_level=0.2, trust_region=2.0)) == dict(trust_region=2.0)  # nor in a run's key
     assert ablations.config_of(dict(sampler="ode", target="terminal")) == "sampler='ode', target='terminal'"
 
 
