@@ -56,7 +56,7 @@ def test_quick_path_writes_the_command_table_orderings_curves_and_one_figure_per
 
     # another group's command takes the runs it shares with the target group's log (defaults; target='terminal')
     # and runs only its own (ODE): one set of defaults runs behind every group
-    rollout = [*args[:args.index("--groups")], "--groups", "rollout", *args[args.index("--groups") + 2:]]
+    rollout = [*args[: args.index("--groups")], "--groups", "rollout", *args[args.index("--groups") + 2 :]]
     missing = subprocess.run([sys.executable, ABLATIONS, *rollout, "--reuse", str(tmp_path / "nope.runs.jsonl")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert missing.returncode != 0 and "nope.runs.jsonl: no such run log" in missing.stderr
