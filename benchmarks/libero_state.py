@@ -23,6 +23,8 @@ Physics only (no cameras): the observation is ``state`` (8: end-effector positio
     python benchmarks/libero_state.py --demonstrator-only   # demonstrator success: libero_object 0-9, 3 goal tasks
     python benchmarks/libero_state.py --quick               # StepNFT, 1 seed, 8,192 env steps (~15 min)
     python benchmarks/libero_state.py --algos StepNFT FlowPPO FlowGRPO --env-steps 16384 --out benchmarks/results  # 41 min
+    python benchmarks/libero_state.py --summarize runs/libero_state/a.csv runs/libero_state/b.csv --name all_seeds
+        # no runs: one table over the seeds of runs that separate commands made
 
 Scene visuals missing from the offline asset bundle are placeholders here (scripts/libero_placeholder_assets.py);
 nothing is rendered, collision geometry is complete, so physics and success are exact. Writes <name>.md and <name>.csv
@@ -211,6 +213,57 @@ def save(out: str, name: str, rows: list[dict], lines: list[str]) -> None:
         file.write("\n".join(lines) + "\n")
 
 
+def summarize(paths: list[str]) -> tuple[list[dict], list[str]]:
+    """One table over the seeds of several result csvs of the same set-up (suite, task, demos, env steps): per
+    algorithm, the success before and after RL as mean ± std over seeds, the paired gain, and how many seeds gained;
+    the source files with the command at the top of each ``.md`` beside its csv."""
+    runs, sources = [], []
+    for path in paths:
+        with open(path, newline="") as file:
+            runs += list(csv.DictReader(file))
+        md = os.path.splitext(path)[0] + ".md"
+        command = next((line for line in open(md) if line.startswith("`python")), "").strip() if os.path.exists(md) else ""
+        sources.append(f"- `{path}`: {command or '(no command found beside it)'}")
+    setups = {(r["suite"], r["task"], r["demos"], r["env_steps"]) for r in runs}
+    if len(setups) != 1:
+        raise ValueError(f"--summarize: the csvs mix set-ups (suite, task, demos, env steps): {sorted(setups)}")
+    seen = [(r["algo"], r["seed"]) for r in runs]
+    if len(seen) != len(set(seen)):
+        raise ValueError(f"--summarize: a run appears twice (algo, seed): {sorted(x for x in seen if seen.count(x) > 1)}")
+    suite_name, task, demos, env_steps = setups.pop()
+    rows = []
+    for algo in dict.fromkeys(r["algo"] for r in runs):
+        mine = sorted((r for r in runs if r["algo"] == algo), key=lambda r: int(r["seed"]))
+        before = np.array([float(r["success_pretrained"]) for r in mine])
+        after = np.array([float(r["success_after"]) for r in mine])
+        rows.append(dict(algo=algo, seeds=" ".join(r["seed"] for r in mine), n_seeds=len(mine),
+                         pretrained_mean=before.mean(), pretrained_std=before.std(), after_mean=after.mean(),
+                         after_std=after.std(), gain_mean=(after - before).mean(), gain_std=(after - before).std(),
+                         seeds_gained=int((after > before).sum()), per_seed=" ".join(f"{b:.2f}→{a:.2f}" for b, a in
+                                                                                      zip(before, after))))  # fmt: skip
+    lines = [
+        f"# LIBERO from privileged state: {suite_name} task {task}, few-shot SFT ({demos} demos) then RL, "
+        f"{env_steps} env steps: all seeds",
+        "",
+        f"`python benchmarks/libero_state.py --summarize {' '.join(paths)}`, from the runs of:",
+        "",
+        *sources,
+        "",
+        "Mean ± std (population) over seeds; success on the evaluation initial states of each file (25 states, "
+        "one episode each: one seed's standard error is about ±0.09).",
+        "",
+        "| algo | seeds | pretrained | after RL | gain | seeds that gained | per seed (pretrained → after) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['algo']} | {r['seeds']} | {r['pretrained_mean']:.3f} ± {r['pretrained_std']:.3f} | "
+        f"{r['after_mean']:.3f} ± {r['after_std']:.3f} | {r['gain_mean']:+.3f} ± {r['gain_std']:.3f} | "
+        f"{r['seeds_gained']} of {r['n_seeds']} | {r['per_seed']} |"
+        for r in rows
+    ]
+    return rows, lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demonstrator-only", action="store_true", help="only the demonstrator's success rate")
@@ -232,7 +285,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="8,192 env steps")
     parser.add_argument("--out", default="runs/libero_state")
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="CSV",
+        help="no runs: one table over the seeds of these result csvs (same set-up), written to --out/--name",
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        rows, lines = summarize(args.summarize)
+        os.makedirs(args.out, exist_ok=True)
+        save(args.out, args.name or "libero_state_summary", rows, lines)
+        print("\n".join(lines))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.quick:
         args.env_steps = 8_192
