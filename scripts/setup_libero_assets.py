@@ -2,13 +2,17 @@
 
     python scripts/setup_libero_assets.py                    # config + assets (LIBERO's own, else the offline bundle)
     python scripts/setup_libero_assets.py --bundle FILE      # another bundle (.tar.zst)
-    python scripts/setup_libero_assets.py --config-only      # only $LIBERO_CONFIG_PATH/config.yaml
+    python scripts/setup_libero_assets.py --config-only      # only the config
 
 What it does:
 
-1. Writes ``$LIBERO_CONFIG_PATH/config.yaml`` (default ``~/.libero``) when it is missing, when its folders do not exist
-   (left by a deleted venv), or when this script wrote it for another LIBERO installation; a valid config written by
-   someone else is left as it is. Without it LIBERO's first import asks for its folders on stdin.
+1. Writes LIBERO's ``config.yaml`` (without it LIBERO's first import asks for its folders on stdin). With
+   ``$LIBERO_CONFIG_PATH`` set: that folder's, when it is missing, when its folders do not exist (left by a deleted
+   venv), or when this script wrote it for another LIBERO installation; a valid config written by someone else is left
+   as it is. Otherwise, in a virtual environment: the venv's own ``<venv>/etc/libero/config.yaml`` (what
+   ``sb3_stepnft.envs.libero`` reads there), and ``~/.libero``'s only when it is missing or invalid, for LIBERO's
+   own scripts — so installing a second checkout (a fresh clone's ``make test``) does not repoint the first one's.
+   Outside a venv: ``~/.libero``'s, as with ``$LIBERO_CONFIG_PATH``.
 2. When LIBERO's own assets are missing (``<libero package>/assets``, ``~/.cache/libero/assets``), unpacks the offline
    bundle (``$SB3_STEPNFT_LIBERO_BUNDLE``, else ``<shared data>/libero-assets-*.tar.zst``; ``zstd`` and ``tar``) into
    LIBERO's package folder. The bundle (LIBERO commit 8f1084e) lacks 30 large visual files; they are listed in
@@ -31,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sb3_stepnft.envs.libero import (  # noqa: E402
     BUNDLE_MARKER,
     bundle_missing_files,
-    libero_config_file,
     libero_package_dir,
     resolve_libero_assets,
+    venv_config_dir,
 )
 from sb3_stepnft.envs.sim_utils import shared_data_dir  # noqa: E402
 
@@ -46,12 +50,24 @@ _OLD_CONFIG_HEADER = "# written by sb3_stepnft.envs.libero.ensure_libero_config\
 def ensure_libero_config() -> Path:
     """Write LIBERO's ``config.yaml`` so that ``import libero.libero`` never prompts on stdin (see the module docstring).
 
-    :return: The config file.
+    :return: The config file ``sb3_stepnft.envs.libero`` reads (``libero_config_file()``).
     """
+    home = Path("~/.libero").expanduser() / "config.yaml"
+    if "LIBERO_CONFIG_PATH" in os.environ:
+        return _write_config(Path(os.environ["LIBERO_CONFIG_PATH"]).expanduser() / "config.yaml", replace_ours=True)
+    local = venv_config_dir()
+    if local is None:
+        return _write_config(home, replace_ours=True)
+    _write_config(home, replace_ours=False)  # LIBERO's own default, for its scripts: only when missing or invalid
+    return _write_config(local / "config.yaml", replace_ours=True)
+
+
+def _write_config(config_file: Path, replace_ours: bool) -> Path:
+    """Write ``config_file`` for this LIBERO installation unless it is valid (and, with ``replace_ours``, not written
+    here for another installation)."""
     import yaml
 
     root = libero_package_dir()
-    config_file = libero_config_file()
     config: dict[str, Any] = {}
     if config_file.exists():
         text = config_file.read_text()
@@ -61,7 +77,7 @@ def ensure_libero_config() -> Path:
             config = {}
         valid = all(Path(str(config.get(key, ""))).is_dir() for key in ("benchmark_root", "bddl_files", "init_states"))
         ours_elsewhere = text.startswith((CONFIG_HEADER, _OLD_CONFIG_HEADER)) and config.get("benchmark_root") != str(root)
-        if valid and not ours_elsewhere:
+        if valid and not (replace_ours and ours_elsewhere):
             return config_file
     config_file.parent.mkdir(parents=True, exist_ok=True)
     new = {

@@ -1,14 +1,16 @@
 """LIBERO adapter: a gymnasium env over LIBERO's offscreen env, and the standard evaluation protocol.
 
-``libero`` (PyPI 0.1.1) is imported inside the functions. Before its first import this module checks that
-``$LIBERO_CONFIG_PATH/config.yaml`` exists (LIBERO otherwise prompts on stdin), selects EGL for offscreen rendering
-unless ``MUJOCO_GL`` is set, and points LIBERO at its assets: ``assets_path``, LIBERO's own, or the offline bundle
-unpacked at install time. Installing is not this module's job: ``python scripts/setup_libero_assets.py`` (which
-``scripts/install_sim.sh`` runs) writes the config and unpacks the bundle; a missing config or missing assets raise a
-``FileNotFoundError`` naming that command (docs/environments.md).
+``libero`` (PyPI 0.1.1) is imported inside the functions. Before its first import this module checks that LIBERO's
+``config.yaml`` exists (LIBERO otherwise prompts on stdin; :func:`libero_config_file` says which one: a virtual
+environment has its own, so two checkouts do not overwrite each other's) and points LIBERO at it, selects EGL for
+offscreen rendering unless ``MUJOCO_GL`` is set, and points LIBERO at its assets: ``assets_path``, LIBERO's own, or
+the offline bundle unpacked at install time. Installing is not this module's job: ``python
+scripts/setup_libero_assets.py`` (which ``scripts/install_sim.sh`` runs) writes the config and unpacks the bundle; a
+missing config or missing assets raise a ``FileNotFoundError`` naming that command (docs/environments.md).
 """
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,9 +56,22 @@ def libero_package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "libero"
 
 
+def venv_config_dir() -> Path | None:
+    """``<venv>/etc/libero``: where ``scripts/setup_libero_assets.py`` writes the config of the running virtual
+    environment (``None`` outside one)."""
+    return Path(sys.prefix) / "etc" / "libero" if sys.prefix != sys.base_prefix else None
+
+
 def libero_config_file() -> Path:
-    """``$LIBERO_CONFIG_PATH/config.yaml`` (LIBERO's default ``~/.libero``)."""
-    return Path(os.environ.get("LIBERO_CONFIG_PATH", "~/.libero")).expanduser() / "config.yaml"
+    """The ``config.yaml`` LIBERO is to read: ``$LIBERO_CONFIG_PATH``'s when set; else the running virtual
+    environment's (:func:`venv_config_dir`) when it has one, so that a second checkout's install (a fresh clone's
+    ``make test``) does not repoint this one's; else LIBERO's default ``~/.libero``."""
+    if "LIBERO_CONFIG_PATH" in os.environ:
+        return Path(os.environ["LIBERO_CONFIG_PATH"]).expanduser() / "config.yaml"
+    local = venv_config_dir()
+    if local is not None and (local / "config.yaml").exists():
+        return local / "config.yaml"
+    return Path("~/.libero").expanduser() / "config.yaml"
 
 
 def check_libero_config() -> Path:
@@ -123,7 +138,7 @@ def resolve_libero_assets(assets_path: str | os.PathLike | None = None) -> Path:
 def import_libero(assets_path: str | os.PathLike | None = None):
     """Import ``libero.libero`` non-interactively (config checked, EGL, assets) and return it."""
     import_simulator("robosuite", "libero")
-    check_libero_config()
+    os.environ["LIBERO_CONFIG_PATH"] = str(check_libero_config().parent)  # LIBERO reads the one checked here
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])

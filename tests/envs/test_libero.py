@@ -171,6 +171,41 @@ def test_missing_config_names_the_setup_script(monkeypatch, tmp_path):
     assert config == tmp_path / "config.yaml" and check_libero_config() == config
 
 
+def test_each_venv_has_its_own_config_and_a_second_install_does_not_repoint_the_first(monkeypatch, tmp_path):
+    import sys
+
+    import yaml
+
+    from sb3_stepnft.envs.libero import check_libero_config, libero_config_file
+
+    setup = load_script("setup_libero_assets")
+    monkeypatch.delenv("LIBERO_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "python"))
+    # another checkout's venv wrote ~/.libero for its LIBERO (a folder that exists): valid, so it stays as it is
+    other = tmp_path / "other_libero"
+    for sub in ("bddl_files", "init_files"):
+        (other / sub).mkdir(parents=True)
+    home = tmp_path / "home" / ".libero" / "config.yaml"
+    home.parent.mkdir(parents=True)
+    paths = dict(benchmark_root=str(other), bddl_files=str(other / "bddl_files"), init_states=str(other / "init_files"))
+    home.write_text(setup.CONFIG_HEADER + yaml.safe_dump(paths))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    assert libero_config_file() == home  # before this venv's install: LIBERO's default
+    config = setup.ensure_libero_config()
+    assert config == tmp_path / "venv" / "etc" / "libero" / "config.yaml" == libero_config_file()
+    assert check_libero_config() == config and yaml.safe_load(config.read_text())["benchmark_root"] != str(other)
+    assert yaml.safe_load(home.read_text())["benchmark_root"] == str(other)  # the other checkout still works
+    # when the other checkout is deleted, ~/.libero is rewritten for LIBERO's own scripts; the venv's is unchanged
+    for sub in ("bddl_files", "init_files"):
+        (other / sub).rmdir()
+    assert setup.ensure_libero_config() == config
+    assert yaml.safe_load(home.read_text())["benchmark_root"] == yaml.safe_load(config.read_text())["benchmark_root"]
+    # $LIBERO_CONFIG_PATH still wins
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "chosen"))
+    assert libero_config_file() == tmp_path / "chosen" / "config.yaml"
+
+
 def test_missing_bundle_visuals_give_an_error_naming_the_fix(installed_assets):
     source = installed_assets
     if not bundle_missing_files(source):
