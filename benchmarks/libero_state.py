@@ -221,8 +221,10 @@ def summarize(paths: list[str]) -> tuple[list[dict], list[str]]:
     for path in paths:
         with open(path, newline="") as file:
             runs += list(csv.DictReader(file))
-        md = os.path.splitext(path)[0] + ".md"
-        command = next((line for line in open(md) if line.startswith("`python")), "").strip() if os.path.exists(md) else ""
+        md, command = os.path.splitext(path)[0] + ".md", ""
+        if os.path.exists(md):
+            with open(md) as file:
+                command = next((line.strip() for line in file if line.startswith("`python")), "")
         sources.append(f"- `{path}`: {command or '(no command found beside it)'}")
     setups = {(r["suite"], r["task"], r["demos"], r["env_steps"]) for r in runs}
     if len(setups) != 1:
@@ -236,11 +238,22 @@ def summarize(paths: list[str]) -> tuple[list[dict], list[str]]:
         mine = sorted((r for r in runs if r["algo"] == algo), key=lambda r: int(r["seed"]))
         before = np.array([float(r["success_pretrained"]) for r in mine])
         after = np.array([float(r["success_after"]) for r in mine])
-        rows.append(dict(algo=algo, seeds=" ".join(r["seed"] for r in mine), n_seeds=len(mine),
-                         pretrained_mean=before.mean(), pretrained_std=before.std(), after_mean=after.mean(),
-                         after_std=after.std(), gain_mean=(after - before).mean(), gain_std=(after - before).std(),
-                         seeds_gained=int((after > before).sum()), per_seed=" ".join(f"{b:.2f}→{a:.2f}" for b, a in
-                                                                                      zip(before, after))))  # fmt: skip
+        gain = after - before
+        rows.append(
+            dict(
+                algo=algo,
+                seeds=" ".join(r["seed"] for r in mine),
+                n_seeds=len(mine),
+                pretrained_mean=before.mean(),
+                pretrained_std=before.std(),
+                after_mean=after.mean(),
+                after_std=after.std(),
+                gain_mean=gain.mean(),
+                gain_std=gain.std(),
+                seeds_gained=int((gain > 0).sum()),
+                per_seed=" ".join(f"{b:.2f}→{a:.2f}" for b, a in zip(before, after)),
+            )
+        )
     lines = [
         f"# LIBERO from privileged state: {suite_name} task {task}, few-shot SFT ({demos} demos) then RL, "
         f"{env_steps} env steps: all seeds",

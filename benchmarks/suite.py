@@ -305,23 +305,27 @@ class RunLog:
     that is stopped keeps what it finished, and ``--resume`` skips those runs. Without ``resume`` an earlier log at
     ``path`` is replaced."""
 
-    def __init__(self, path: str, resume: bool, rewrite: bool = True):
+    def __init__(self, path: str, resume: bool):
         self.path, self.done = path, {}
         if not resume:
             open(path, "w").close()
             return
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:  # the last line of a killed writer
-                        continue
-                    self.done[entry["key"]] = entry["rows"]
-        if not rewrite:  # read only: another command's log (reuse)
-            return
+        self.done = self.read(path) if os.path.exists(path) else {}
         with open(path, "w") as f:  # without a killed writer's partial line, which the next append would extend
             f.writelines(json.dumps(dict(key=key, rows=rows)) + "\n" for key, rows in self.done.items())
+
+    @staticmethod
+    def read(path: str) -> dict[str, list[dict]]:
+        """The finished runs of the log at ``path``: key → rows (a killed writer's partial last line skipped)."""
+        done = {}
+        with open(path) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed writer
+                    continue
+                done[entry["key"]] = entry["rows"]
+        return done
 
     def reuse(self, paths: list[str], keys: list[str]) -> None:
         """Take the runs of ``keys`` that this log lacks from the logs at ``paths`` (another command's, finished with
@@ -329,7 +333,7 @@ class RunLog:
         for path in paths:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"--reuse {path}: no such run log; give the .runs.jsonl of an earlier command")
-            for key, rows in RunLog(path, resume=True, rewrite=False).done.items():
+            for key, rows in self.read(path).items():
                 if key in keys and key not in self.done:
                     self.add(key, rows)
 

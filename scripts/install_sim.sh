@@ -13,7 +13,8 @@
 #   3. The motion-planner overlay for offline ManiSkill demonstrations: mplib 0.1.1 segfaults with numpy 2, so the planner
 #      runs in a small venv (numpy<2 only) layered over VENV; VENV itself keeps numpy 2.
 #   4. LIBERO (scripts/setup_libero_assets.py): pre-seeds LIBERO's config.yaml (the venv's own <venv>/etc/libero, or
-#      $LIBERO_CONFIG_PATH when set; ~/.libero only when missing or invalid) so the first import does not prompt, and unpacks the asset bundle from ../shared/data when LIBERO's own are missing.
+#      $LIBERO_CONFIG_PATH when set; ~/.libero only when missing or invalid) so the first import does not prompt, and
+#      unpacks the asset bundle from ../shared/data when LIBERO's own are missing.
 # Steps 3 and 4 are installation, kept out of the importable package: sb3_stepnft only finds the overlay venv, the
 # LIBERO config and the assets, and its errors name this script when they are missing.
 #

@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sb3_stepnft.envs.libero import (  # noqa: E402
     BUNDLE_MARKER,
+    HOME_CONFIG_FILE,
     bundle_missing_files,
+    libero_config_file,
     libero_package_dir,
     resolve_libero_assets,
     venv_config_dir,
@@ -52,13 +54,11 @@ def ensure_libero_config() -> Path:
 
     :return: The config file ``sb3_stepnft.envs.libero`` reads (``libero_config_file()``).
     """
-    home = Path("~/.libero").expanduser() / "config.yaml"
-    if "LIBERO_CONFIG_PATH" in os.environ:
-        return _write_config(Path(os.environ["LIBERO_CONFIG_PATH"]).expanduser() / "config.yaml", replace_ours=True)
     local = venv_config_dir()
-    if local is None:
-        return _write_config(home, replace_ours=True)
-    _write_config(home, replace_ours=False)  # LIBERO's own default, for its scripts: only when missing or invalid
+    if "LIBERO_CONFIG_PATH" in os.environ or local is None:
+        return _write_config(libero_config_file(), replace_ours=True)
+    # LIBERO's own default, for its scripts: only when missing or invalid
+    _write_config(HOME_CONFIG_FILE.expanduser(), replace_ours=False)
     return _write_config(local / "config.yaml", replace_ours=True)
 
 

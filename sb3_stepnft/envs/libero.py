@@ -56,6 +56,10 @@ def libero_package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "libero"
 
 
+#: LIBERO's own default config file (``libero/libero/__init__.py``), used without ``$LIBERO_CONFIG_PATH`` or a venv's.
+HOME_CONFIG_FILE = Path("~/.libero/config.yaml")
+
+
 def venv_config_dir() -> Path | None:
     """``<venv>/etc/libero``: where ``scripts/setup_libero_assets.py`` writes the config of the running virtual
     environment (``None`` outside one)."""
@@ -71,7 +75,7 @@ def libero_config_file() -> Path:
     local = venv_config_dir()
     if local is not None and (local / "config.yaml").exists():
         return local / "config.yaml"
-    return Path("~/.libero").expanduser() / "config.yaml"
+    return HOME_CONFIG_FILE.expanduser()
 
 
 def check_libero_config() -> Path:
