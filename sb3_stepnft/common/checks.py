@@ -119,6 +119,30 @@ def check_observation_space(observation_space: spaces.Space) -> None:
         )
 
 
+class UnsupportedActionSpaceError(AssertionError):
+    """An action space the flow algorithms cannot use. A subclass of the AssertionError SB3 raises for it
+    (``supported_action_spaces``), with a message that says what to do instead."""
+
+
+def check_algorithm_action_space(action_space: spaces.Space, algorithm: str) -> None:
+    """:class:`UnsupportedActionSpaceError` unless ``action_space`` is a Box with finite bounds: the checks SB3's
+    ``BaseAlgorithm`` makes with bare assertions, made before them with the fix in the message."""
+    if not isinstance(action_space, spaces.Box):
+        alternatives = "SB3's PPO, A2C or DQN" if isinstance(action_space, spaces.Discrete) else "SB3's PPO or A2C"
+        raise UnsupportedActionSpaceError(
+            f"{algorithm} only supports Box (continuous) action spaces, got {action_space}: its flow-matching policy "
+            f"generates real-valued action vectors. For this action space use {alternatives}; for a task with "
+            "continuous controls, give the env a gymnasium.spaces.Box action space."
+        )
+    if not np.all(np.isfinite(np.array([action_space.low, action_space.high]))):
+        raise UnsupportedActionSpaceError(
+            f"{algorithm}: continuous action space must have a finite lower and upper bound, got {action_space}: the "
+            "flow policy acts in [-1, 1] per dimension and rescales to [low, high]. Give the action space the finite "
+            "bounds the actuators really have (in the env, or with a gymnasium.ActionWrapper that declares a finite "
+            "Box and passes the actions on)."
+        )
+
+
 def check_action_bounds(action_space: spaces.Box) -> None:
     """ValueError when a Box action dimension has ``low == high`` (the flow normalises by ``high - low``)."""
     if not isinstance(action_space, spaces.Box):

@@ -31,7 +31,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_stepnft.common.buffers import DecisionBuffer
-from sb3_stepnft.common.checks import check_divergence, check_finite_rewards, check_schedule, success_flag
+from sb3_stepnft.common.checks import (
+    check_algorithm_action_space,
+    check_divergence,
+    check_finite_rewards,
+    check_schedule,
+    success_flag,
+)
 from sb3_stepnft.common.distributed import (
     average_gradients,
     broadcast_module,
@@ -207,12 +213,26 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         if _init_setup_model:
             self._setup_model()
 
+    @classmethod
+    def _wrap_env(cls, env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        """SB3's wrapping, after checking the action space (at construction, ``set_env`` and ``load``) with an error
+        that names the fix; SB3's own assertions on it come later and say only what is wrong."""
+        check_algorithm_action_space(env.action_space, cls.__name__)
+        return super()._wrap_env(env, verbose, monitor_wrapper)
+
     # ------------------------------------------------------------------------------------------- model set-up
     def _setup_model(self) -> None:
         # load(path, noise_level=...) (and checkpoints of 0.1.0) give the solver settings as attributes: they win.
         for name, kind in (("num_denoise_steps", int), ("noise_level", float)):
             if name in self.__dict__:
                 self.solver_settings[name] = kind(self.__dict__.pop(name))
+        if isinstance(self.policy_class, type) and not issubclass(self.policy_class, BaseFlowPolicy):
+            raise TypeError(
+                f"{type(self).__name__} needs a flow policy, got {self.policy_class.__name__}: pass an alias "
+                f"({', '.join(repr(alias) for alias in self.policy_aliases)}) or a subclass of "
+                "sb3_stepnft.policies.BaseFlowPolicy (e.g. MlpFlowPolicy): the flow algorithms train the velocity "
+                "field of a flow policy."
+            )
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self._policy_kwargs())

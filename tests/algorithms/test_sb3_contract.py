@@ -18,9 +18,11 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
 from sb3_stepnft import FlowGRPO, FlowPPO, StepNFT
+from sb3_stepnft.common.checks import UnsupportedActionSpaceError
 from sb3_stepnft.common.on_policy import FlowOnPolicyAlgorithm
 from sb3_stepnft.envs import PointReachEnv, make_grouped_vec_env
 from sb3_stepnft.policies import CnnFlowPolicy, MlpFlowPolicy, MultiInputFlowPolicy
@@ -141,9 +143,27 @@ def test_invalid_arguments(algo, kwargs, match):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_non_box_action_space_is_sb3_assertion(algo):
-    with pytest.raises(AssertionError, match="Box"):
+def test_non_box_action_space_is_sb3_assertion_that_names_the_fix(algo):
+    with pytest.raises(UnsupportedActionSpaceError, match=r"only supports Box .* got Discrete\(2\).*PPO, A2C or DQN"):
         algo("MlpPolicy", make_env(algo, "CartPole-v1"), **algo_kwargs(algo))
+    assert issubclass(UnsupportedActionSpaceError, AssertionError)  # SB3's exception type (API.md)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_set_env_and_load_with_a_non_box_env_name_the_fix(algo, tmp_path):
+    model = small_model(algo)
+    model.save(tmp_path / "model.zip")
+    discrete = make_env(algo, "CartPole-v1")
+    with pytest.raises(UnsupportedActionSpaceError, match=f"{algo.__name__} only supports Box"):
+        model.set_env(discrete)
+    with pytest.raises(UnsupportedActionSpaceError, match="got Discrete"):
+        algo.load(tmp_path / "model.zip", env=discrete)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_a_policy_that_is_not_a_flow_policy_is_named(algo):
+    with pytest.raises(TypeError, match=r"needs a flow policy, got ActorCriticPolicy.*'MlpPolicy'.*BaseFlowPolicy"):
+        algo(ActorCriticPolicy, make_env(algo), **algo_kwargs(algo))
 
 
 # ------------------------------------------------------------------------------------------------ acting

@@ -227,7 +227,7 @@ def test_non_box_and_unbounded_action_spaces_are_sb3_assertions():
             super().__init__()
             self.action_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
 
-    with pytest.raises(AssertionError, match="finite"):
+    with pytest.raises(AssertionError, match="finite lower and upper bound.*ActionWrapper"):
         StepNFT("MlpPolicy", Unbounded())
 
 
