@@ -103,6 +103,13 @@ UNLABELLED_WARNING_ITERATIONS = 10  # iterations without a labelled decision bef
 MAX_PENDING_ROLLOUTS = 20  # default cap of pending decisions: this many rollouts' worth (n_steps · n_envs each)
 
 
+#: Options of SB3's ``ActorCriticPolicy`` (Gaussian actions, separate or orthogonally initialised heads) that the flow
+#: policies do not take; :meth:`FlowOnPolicyAlgorithm._check_policy_kwargs` names them.
+GAUSSIAN_POLICY_OPTIONS = frozenset(
+    {"log_std_init", "squash_output", "use_expln", "full_std", "use_sde", "ortho_init", "share_features_extractor"}
+)
+
+
 class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
     """Base of the on-policy flow algorithms: an SB3 ``OnPolicyAlgorithm`` with a :class:`DecisionBuffer`.
 
@@ -233,6 +240,7 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
                 "sb3_stepnft.policies.BaseFlowPolicy (e.g. MlpFlowPolicy): the flow algorithms train the velocity "
                 "field of a flow policy."
             )
+        self._check_policy_kwargs()
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **self._policy_kwargs())
@@ -256,6 +264,25 @@ class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
         saved_state = self.__dict__.pop("_labeller_state", None)
         if saved_state:
             self.labeller.load_state(saved_state)
+
+    def _check_policy_kwargs(self) -> None:
+        """A TypeError naming the options of SB3's Gaussian ``ActorCriticPolicy`` (RL Zoo configs carry them) that the
+        policy class does not take, instead of Python's bare "unexpected keyword argument"."""
+        import inspect
+
+        if not isinstance(self.policy_class, type):
+            return
+        parameters = inspect.signature(self.policy_class.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        foreign = sorted(k for k in self.policy_kwargs if k in GAUSSIAN_POLICY_OPTIONS and k not in parameters)
+        if foreign:
+            raise TypeError(
+                f"policy_kwargs {foreign} are options of SB3's Gaussian ActorCriticPolicy, which "
+                f"{self.policy_class.__name__} does not have: a flow policy generates actions by integrating a velocity "
+                f"field, and its exploration is the Flow-SDE noise (`noise_level`, an argument of {type(self).__name__}). "
+                "Remove them from policy_kwargs."
+            )
 
     def set_random_seed(self, seed: int | None = None) -> None:
         """SB3's seeding (torch, NumPy, action space, env); in a process group rank r uses ``seed + r·RANK_SEED_OFFSET``

@@ -161,6 +161,15 @@ def test_set_env_and_load_with_a_non_box_env_name_the_fix(algo, tmp_path):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_gaussian_policy_options_are_named(algo):
+    """RL Zoo configs for PPO carry ActorCriticPolicy options; the error names them and the flow counterpart."""
+    kwargs = algo_kwargs(algo)
+    kwargs["policy_kwargs"] = dict(net_arch=[32], log_std_init=-1.0, ortho_init=False)
+    with pytest.raises(TypeError, match=r"\['log_std_init', 'ortho_init'\] are options of SB3's Gaussian.*noise_level"):
+        algo("MlpPolicy", make_env(algo), **kwargs)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_a_policy_that_is_not_a_flow_policy_is_named(algo):
     with pytest.raises(TypeError, match=r"needs a flow policy, got ActorCriticPolicy.*'MlpPolicy'.*BaseFlowPolicy"):
         algo(ActorCriticPolicy, make_env(algo), **algo_kwargs(algo))
