@@ -46,6 +46,8 @@ class FlowPPO(FlowPolicyGradient):
     :param vf_coef: Weight of the critic loss.
     :param vf_huber_delta: δ of the Huber critic loss.
     :param critic_learning_rate: Learning rate of the critic (or a schedule); None: the same as ``learning_rate``.
+    :param normalize_advantage: Normalise the advantages over the whole rollout (πRL, the default), as SB3's PPO
+        argument of the same name; False trains on the raw GAE advantages.
     :param max_grad_norm: Gradient-norm clip (actor and critic together, as SB3's PPO).
     :param stats_window_size: Episodes averaged in the rollout logs.
     :param tensorboard_log: TensorBoard log directory (None: no logging).
@@ -78,6 +80,7 @@ class FlowPPO(FlowPolicyGradient):
         vf_coef: float = 1.0,
         vf_huber_delta: float = 10.0,
         critic_learning_rate: float | Schedule | None = None,
+        normalize_advantage: bool = True,
         max_grad_norm: float = 1.0,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
@@ -106,6 +109,9 @@ class FlowPPO(FlowPolicyGradient):
         self.clip_range_vf = clip_range_vf
         self.vf_huber_delta = float(vf_huber_delta)
         self.critic_learning_rate = critic_learning_rate
+        if not isinstance(normalize_advantage, (bool, np.bool_)):
+            raise TypeError(f"normalize_advantage must be True or False, got {normalize_advantage!r}")
+        self.normalize_advantage = bool(normalize_advantage)
         super().__init__(
             policy,
             env,
@@ -206,6 +212,8 @@ class FlowPPO(FlowPolicyGradient):
     # ------------------------------------------------------------------------------------------------- train
     def _training_data(self) -> dict[str, Any] | None:
         data = self.rollout_buffer.pop_labelled()
+        if not self.normalize_advantage:
+            return data
         if is_distributed():
             return self._normalise_over_ranks(data)
         if data is not None:

@@ -42,9 +42,10 @@ class CountEnv(gym.Env):
         return np.array([self.t], np.float32), 1.0, end and self.terminate, end and not self.terminate, {}
 
 
-@pytest.mark.parametrize("terminate", [True, False])
-def test_rollout_rewards_bootstrap_at_truncation_only(terminate):
-    model = FlowPPO("MlpPolicy", DummyVecEnv([lambda: CountEnv(3, terminate)]), seed=0, **{**SMALL, "n_steps": 6})
+@pytest.mark.parametrize("terminate, normalize", [(True, True), (False, True), (False, False)])
+def test_rollout_rewards_bootstrap_at_truncation_only(terminate, normalize):
+    env = DummyVecEnv([lambda: CountEnv(3, terminate)])
+    model = FlowPPO("MlpPolicy", env, seed=0, normalize_advantage=normalize, **{**SMALL, "n_steps": 6})
     captured = {}
     original = model._label_rollout
 
@@ -69,7 +70,16 @@ def test_rollout_rewards_bootstrap_at_truncation_only(terminate):
     assert np.allclose(data[0]["returns"], returns[:, 0], atol=1e-6)
     # unbiased std, as πRL's torch.std (ALGORITHM.md §4)
     normalised = (advantages[:, 0] - advantages.mean()) / (advantages.std(ddof=1) + 1e-5)
-    assert np.allclose(data[0]["label"], normalised, atol=1e-5)  # whole-rollout normalisation; returns are not
+    # whole-rollout normalisation (returns are not normalised); normalize_advantage=False: the raw GAE advantages
+    assert np.allclose(data[0]["label"], normalised if normalize else advantages[:, 0], atol=1e-5)
+
+
+def test_normalize_advantage_is_saved_and_checked(tmp_path):
+    model = FlowPPO("MlpPolicy", point_reach_vec(), seed=0, normalize_advantage=False, **SMALL)
+    model.save(tmp_path / "ppo.zip")
+    assert FlowPPO.load(tmp_path / "ppo.zip").normalize_advantage is False
+    with pytest.raises(TypeError, match="normalize_advantage must be True or False"):
+        FlowPPO("MlpPolicy", point_reach_vec(), normalize_advantage="no", **SMALL)
 
 
 def test_value_head_is_detached_from_actor_and_encoder():
