@@ -13,7 +13,9 @@ the *other* failures are listed one by one with their message.
     python benchmarks/sb3_suite.py --algos StepNFT --out benchmarks/results
     python benchmarks/sb3_suite.py --sb3-tests ~/stable-baselines3/tests   # a checkout's tests instead of the sdist's
 
-Test modules that need packages outside the install (pandas, ale_py) are skipped and named in the report.
+SB3's test-only dependency pandas (with python-dateutil, tzdata, six) is installed with pip into the temporary work
+folder, never into the environment (``--no-test-deps``: skip); test modules that still need packages outside the
+install (ale_py) are skipped and named in the report.
 """
 
 import argparse
@@ -179,15 +181,36 @@ def sb3_tests_from_sdist(workdir: str) -> str:
     return os.path.join(workdir, f"stable_baselines3-{version}", "tests")
 
 
-def missing_imports(test_file: str) -> list[str]:
+#: SB3's test-only requirements that the package does not install (pandas for the logger and Monitor tests).
+TEST_DEPS = ("pandas", "python-dateutil", "tzdata", "six")
+
+
+def install_test_deps(workdir: str) -> str:
+    """pip-install :data:`TEST_DEPS` (without their dependencies: NumPy stays the environment's) into a folder of
+    ``workdir``; the folder, for PYTHONPATH."""
+    target = os.path.join(workdir, "test_deps")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, *TEST_DEPS], check=True)
+    return target
+
+
+def missing_imports(test_file: str, extra_paths: tuple[str, ...] = ()) -> list[str]:
     """Modules a test file imports at module level that are not installed (the file is then skipped)."""
     with open(test_file) as f:
         source = f.read()
     names = set(re.findall(r"^import (\w+)", source, re.M)) | set(re.findall(r"^from (\w+)", source, re.M))
-    return sorted(n for n in names if n not in ("tests", "__future__") and importlib.util.find_spec(n) is None)
+
+    def found(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None or any(
+            os.path.exists(os.path.join(path, name)) or os.path.exists(os.path.join(path, name + ".py"))
+            for path in extra_paths
+        )
+
+    return sorted(n for n in names if n not in ("tests", "__future__") and not found(n))
 
 
-def run_suite(algo: str, tests_dir: str, workdir: str, workers: int) -> tuple[dict, dict[str, list[str]]]:
+def run_suite(
+    algo: str, tests_dir: str, workdir: str, workers: int, extra_paths: tuple[str, ...] = ()
+) -> tuple[dict, dict[str, list[str]]]:
     """Copy SB3's tests, add the conftest, run pytest with ``algo`` as PPO/A2C; the outcomes and the skipped files."""
     root = os.path.join(workdir, f"run_{algo}")
     shutil.rmtree(root, ignore_errors=True)
@@ -198,7 +221,7 @@ def run_suite(algo: str, tests_dir: str, workdir: str, workers: int) -> tuple[di
     os.makedirs(results)
     skipped = {}
     for path in sorted(glob.glob(os.path.join(root, "tests", "test_*.py"))):
-        missing = missing_imports(path)
+        missing = missing_imports(path, extra_paths)
         if missing:
             skipped[os.path.basename(path)] = missing
     command = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "--tb=long", "-W", "ignore"]
@@ -207,8 +230,8 @@ def run_suite(algo: str, tests_dir: str, workdir: str, workers: int) -> tuple[di
         command += ["-n", str(workers)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # when run from a test under xdist
     env.update(SB3_SUITE_ALGO=algo, SB3_SUITE_RESULTS=results, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      env.get("PYTHONPATH")]))  # fmt: skip
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([repository, *extra_paths, *filter(None, [env.get("PYTHONPATH")])])
     subprocess.run(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     records = []
     for path in glob.glob(os.path.join(results, "*.json")):
@@ -261,6 +284,7 @@ def main(argv=None) -> None:
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
     parser.add_argument("--sb3-tests", help="SB3's tests/ folder (default: from the installed version's sdist)")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (1: no xdist)")
+    parser.add_argument("--no-test-deps", action="store_true", help="do not pip-install SB3's test-only pandas")
     parser.add_argument("--out", default="runs/sb3_suite")
     args = parser.parse_args(argv)
     import stable_baselines3
@@ -268,9 +292,10 @@ def main(argv=None) -> None:
     command = "python benchmarks/sb3_suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
         tests_dir = args.sb3_tests or sb3_tests_from_sdist(workdir)
+        extra_paths = () if args.no_test_deps else (install_test_deps(workdir),)
         summaries, skipped = {}, {}
         for algo in args.algos:
-            summaries[algo], skipped = run_suite(algo, tests_dir, workdir, args.workers)
+            summaries[algo], skipped = run_suite(algo, tests_dir, workdir, args.workers, extra_paths)
             s = summaries[algo]
             print(f"{algo}: {s['passed']} of {s['applicable']} applicable passed ({s['by_design']} by design)", flush=True)
     os.makedirs(args.out, exist_ok=True)

@@ -86,6 +86,11 @@ def test_run_suite_replaces_ppo_and_sorts_the_outcomes(sb3_suite, tmp_path):
     [(nodeid, message)] = summary["other"]
     assert nodeid == "tests/test_fake.py::test_name" and "StepNFT" in message
 
+    extra = tmp_path / "test_deps"
+    extra.mkdir()
+    (extra / "no_such_module_here.py").write_text("")  # as install_test_deps puts pandas there
+    assert sb3_suite.missing_imports(str(tests_dir / "test_needs_missing_module.py"), (str(extra),)) == []
+
     report = sb3_suite.report({"StepNFT": summary}, skipped, "x.y", "python benchmarks/sb3_suite.py --algos StepNFT")
     assert "| StepNFT | 4 | 1 | 1 | 3 | 1/3 | 1 | 1 |" in report
     assert "test_needs_missing_module.py (no_such_module_here)" in report
