@@ -232,13 +232,14 @@ def run_suite(
     env.update(SB3_SUITE_ALGO=algo, SB3_SUITE_RESULTS=results, OMP_NUM_THREADS="1")
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([repository, *extra_paths, *filter(None, [env.get("PYTHONPATH")])])
-    subprocess.run(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    output = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
     records = []
     for path in glob.glob(os.path.join(results, "*.json")):
         with open(path) as f:
             records += json.load(f)
     if not records:
-        raise RuntimeError(f"no SB3 test ran for {algo} (see {root}: run the pytest command there by hand)")
+        tail = "\n".join((output.stdout + output.stderr).strip().splitlines()[-20:])
+        raise RuntimeError(f"no SB3 test ran for {algo}; pytest ended with:\n{tail}")
     return summarize(merge_outcomes(records)), skipped
 
 

@@ -134,13 +134,21 @@ def check_algorithm_action_space(action_space: spaces.Space, algorithm: str) -> 
             f"generates real-valued action vectors. For this action space use {alternatives}; for a task with "
             "continuous controls, give the env a gymnasium.spaces.Box action space."
         )
-    if not np.all(np.isfinite(np.array([action_space.low, action_space.high]))):
-        raise UnsupportedActionSpaceError(
-            f"{algorithm}: continuous action space must have a finite lower and upper bound, got {action_space}: the "
-            "flow policy acts in [-1, 1] per dimension and rescales to [low, high]. Give the action space the finite "
-            "bounds the actuators really have (in the env, or with a gymnasium.ActionWrapper that declares a finite "
-            "Box and passes the actions on)."
-        )
+    if not _finite_bounds(action_space):
+        raise UnsupportedActionSpaceError(f"{algorithm}: {_infinite_bounds_message(action_space)}")
+
+
+def _finite_bounds(action_space: spaces.Box) -> bool:
+    return bool(np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)))
+
+
+def _infinite_bounds_message(action_space: spaces.Box) -> str:
+    return (
+        f"continuous action space must have a finite lower and upper bound, got {action_space}: the flow policy acts "
+        "in [-1, 1] per dimension and rescales to [low, high]. Give the action space the finite bounds the actuators "
+        "really have (in the env, or with a gymnasium.ActionWrapper that declares a finite Box and passes the actions "
+        "on)."
+    )
 
 
 def check_action_bounds(action_space: spaces.Box) -> None:
@@ -149,11 +157,8 @@ def check_action_bounds(action_space: spaces.Box) -> None:
         return
     low = np.broadcast_to(action_space.low, action_space.shape)
     high = np.broadcast_to(action_space.high, action_space.shape)
-    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-        raise ValueError(
-            f"The action space {action_space} has infinite bounds: flow policies act in [-1, 1] per dimension and need "
-            "finite low and high. Give the Box finite bounds (e.g. with gymnasium.wrappers.RescaleAction or ClipAction)."
-        )
+    if not _finite_bounds(action_space):
+        raise ValueError(_infinite_bounds_message(action_space))
     flat_low, flat_high = low.reshape(-1, low.shape[-1]), high.reshape(-1, high.shape[-1])
     constant = sorted({int(d) for d in np.nonzero(np.any(flat_high <= flat_low, axis=0))[0]})
     if constant:
